@@ -1,0 +1,1 @@
+"""Kubernetes API access: the only package that speaks HTTP to an API server."""

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -108,6 +104,16 @@ def _lab_for(arg: str | None, st):
     return resolve_lab(st.current_lab, labs)
 
 
+def _next_lab(st):
+    labs = _labs()
+    if not labs:
+        raise UsageError("no labs found", hint=f"labs are read from {paths.labs_dir()}")
+    for lab in labs:
+        if not st.data.get("labs", {}).get(lab.slug, {}).get("completed_at"):
+            return lab
+    return labs[0]
+
+
 def _connect(st, context: str | None):
     from labctl import session
 
@@ -166,16 +172,19 @@ def list_cmd(output: str) -> None:
 
 
 @main.command()
-@click.argument("lab")
+@click.argument("lab", required=False)
 @click.option("--provider", type=click.Choice(["kind", "local", "sim", "existing"]),
               help="Cluster provider when no cluster is up yet [default: the best available].")
 @context_option
-def start(lab: str, provider: str | None, context: str | None) -> None:
-    """Start LAB (slug, number or unique prefix): cluster up if needed, namespace and starting state deployed."""
+def start(lab: str | None, provider: str | None, context: str | None) -> None:
+    """Start LAB (slug, number or unique prefix; default: the next lab not completed, in study order).
+
+    Brings a cluster up if none is, creates the lab's namespace and deploys its starting state.
+    """
     from labctl import apply, render, state as state_mod
 
     st = _state()
-    chosen = _lab_for(lab, st)
+    chosen = _lab_for(lab, st) if lab else _next_lab(st)
     if not st.cluster and not context and not os.environ.get("LABCTL_CONTEXT"):
         _up(st, provider, None, [])
     target, client = _connect(st, context)
@@ -404,8 +413,8 @@ def solve(lab: str | None, yes: bool, timeout: int, context: str | None) -> None
 
     st = _state()
     chosen = _lab_for(lab, st)
-    target, client = _connect(st, context)
     _confirm(f"This applies the reference solution of lab {chosen.slug} over your work in {chosen.namespace}.", yes)
+    target, client = _connect(st, context)
     objects = render.render_objects([chosen.path / f for f in chosen.solution], chosen.path, chosen.values,
                                     chosen.namespace)
     _ensure_images(chosen, target)
@@ -429,8 +438,8 @@ def reset(lab: str | None, yes: bool, context: str | None) -> None:
 
     st = _state()
     chosen = _lab_for(lab, st)
-    target, client = _connect(st, context)
     _confirm(f"This deletes your objects in {chosen.namespace} and re-applies the starting state.", yes)
+    target, client = _connect(st, context)
     start_objects = render.render_objects([chosen.path / f for f in chosen.deploy], chosen.path, chosen.values,
                                           chosen.namespace)
     solution_objects = render.render_objects([chosen.path / f for f in chosen.solution], chosen.path,

@@ -33,7 +33,9 @@ def data_dir() -> Path:
 
 
 def labs_dir() -> Path:
-    return data_dir() / "labs"
+    """The labs to offer; $LABCTL_LABS_DIR points at another folder of labs (for lab authors)."""
+    override = os.environ.get("LABCTL_LABS_DIR")
+    return Path(override) if override else data_dir() / "labs"
 
 
 def manifests_dir() -> Path:

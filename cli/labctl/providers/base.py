@@ -75,3 +75,34 @@ class Provider(abc.ABC):
         """True when the cluster exists and its API server is ready."""
         st = self.status()
         return st.exists and st.api_reachable
+
+
+@dataclass(frozen=True)
+class ApiProbe:
+    reachable: bool
+    nodes_ready: int = 0
+    nodes_total: int = 0
+    error: str = ""
+
+
+def node_ready(node: dict) -> bool:
+    """True when a Node object's Ready condition is True."""
+    for cond in (node.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return cond.get("status") == "True"
+    return False
+
+
+def probe_api(kubeconfig: Path, context: str, timeout: float = 3.0) -> ApiProbe:
+    """Ask a cluster's API server whether it is ready and how many of its nodes are Ready."""
+    from labctl.errors import LabError
+    from labctl.kube.client import ApiError, Client
+
+    try:
+        client = Client.from_kubeconfig(kubeconfig, context, timeout=timeout)
+        if not client.readyz():
+            return ApiProbe(False, error=f"no ready API server at {client.creds.server}")
+        nodes, _ = client.list("v1", "Node")
+    except (LabError, ApiError, OSError) as e:
+        return ApiProbe(False, error=str(e))
+    return ApiProbe(True, sum(1 for n in nodes if node_ready(n)), len(nodes))

@@ -8,19 +8,36 @@ outlive labctl and a Ctrl-C in the terminal does not reach them.
 
 from __future__ import annotations
 
+import atexit
+import fcntl
 import json
 import os
 import signal
 import socket
 import subprocess
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 # Popen objects of the children this labctl process started, by pid: polling them reaps a child that exits,
 # so neither a zombie nor a "still running" warning is left behind.
 _children: dict[int, subprocess.Popen] = {}
+
+
+def _release_children() -> None:
+    """At exit: reap children that ended; let the rest (a cluster left running on purpose) go without a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        for child in list(_children.values()):
+            child.poll()
+        _children.clear()
+
+
+atexit.register(_release_children)
+
 # Written to a log before each start, so the tail of a log shows the last run only.
 _RUN_MARKER = "--- labctl started "
 
@@ -278,3 +295,20 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+@contextmanager
+def exclusive(lock_file: Path, what: str, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` (created if needed), so two `up`/`down` never race."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait(f"Waiting for another labctl working on {what}")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -30,13 +30,18 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+_log_lock = threading.Lock()
+
+
 def log(level: str, msg: str, **fields: object) -> None:
     """Write one structured log line to stdout (the container runtime collects it)."""
     record = {"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "level": level, "msg": msg}
     record.update(fields)
-    # One write per line so lines from concurrent request threads never interleave.
-    sys.stdout.write(json.dumps(record, default=str) + "\n")
-    sys.stdout.flush()
+    line = json.dumps(record, default=str) + "\n"
+    # Request threads log concurrently: one locked write per line keeps lines whole.
+    with _log_lock:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 class State:
@@ -164,13 +169,17 @@ def main() -> int:
         log("error", f"cannot listen on {host}:{port}: {e.strerror or e}")
         return 1
 
+    def shut_down(signame: str) -> None:
+        log("info", "shutting down", signal=signame)
+        server.shutdown()
+
     def stop(signum: int, _frame: object) -> None:
+        # A signal handler runs between two bytecodes of the main thread, possibly inside log() holding its lock:
+        # it only flags and hands over. shutdown() also waits for serve_forever(), which runs on this thread.
         if state.stopping.is_set():
             return
         state.stopping.set()
-        log("info", "shutting down", signal=signal.Signals(signum).name)
-        # shutdown() waits for serve_forever() to return, which runs on this (the main) thread: call it elsewhere.
-        threading.Thread(target=server.shutdown, name="shutdown").start()
+        threading.Thread(target=shut_down, args=(signal.Signals(signum).name,), name="shutdown").start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

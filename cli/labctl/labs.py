@@ -11,18 +11,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jmespath
 import jmespath.exceptions
-import jsonschema
-import jsonschema.exceptions
 import yaml
 
 from labctl import paths
 from labctl.checks.matching import join_path, show
 from labctl.checks.model import KNOWN_API_VERSIONS, needs_running
 from labctl.errors import LabDefinitionError, UsageError
+
+if TYPE_CHECKING:
+    import jsonschema
 
 LAB_FOLDER = re.compile(r"^(\d{2})-([a-z0-9]+(?:-[a-z0-9]+)*)$")
 SCHEMA_COMMENT = "# yaml-language-server: $schema=../../cli/labctl/schema/lab.schema.json"
@@ -55,13 +56,15 @@ class Image:
 
 @dataclass(frozen=True)
 class InterviewQuestion:
+    """An interview question the lab prepares for, with a short model answer."""
+
     question: str
     answer: str
 
 
 @dataclass(frozen=True)
 class Lab:
-    """A loaded, validated lab. Paths (`path`, `deploy`, `solution`, image contexts) are absolute."""
+    """A loaded, validated lab. Paths (`path`, `deploy`, `solution`, images) are absolute; `raw` is lab.yaml."""
 
     number: int
     slug: str
@@ -113,7 +116,9 @@ def load_lab(path: Path) -> Lab:
     number, slug = int(match.group(1)), match.group(2)
     doc = _parse(file, shown)
     _check_structure(doc, shown)
-    _check_schema(doc, shown)
+    if not _validated_before(file):
+        _check_schema(doc, shown)
+        _remember_validated(file)
     _check_meaning(doc, folder, slug, shown)
     return _build(doc, folder, number, slug)
 
@@ -128,17 +133,16 @@ def all_labs(root: Path | None = None) -> list[Lab]:
         for entry in sorted(root.iterdir())
         if LAB_FOLDER.match(entry.name) and (entry / "lab.yaml").is_file()
     ]
-    seen: dict[int, Lab] = {}
-    slugs: dict[str, Lab] = {}
+    by_number: dict[int, Lab] = {}
+    by_slug: dict[str, Lab] = {}
     for lab in labs:
-        for index, key in ((seen, lab.number), (slugs, lab.slug)):
-            other = index.get(key)  # type: ignore[call-overload]
-            if other is not None:
-                raise LabDefinitionError(
-                    f"{_shown(root / lab.name)}: {other.name} and {lab.name} share a number or a name",
-                    hint="every lab needs its own number and slug",
-                )
-            index[key] = lab  # type: ignore[index]
+        other = by_number.get(lab.number) or by_slug.get(lab.slug)
+        if other is not None:
+            raise LabDefinitionError(
+                f"{_shown(root / lab.name)}: {other.name} and {lab.name} share a number or a name",
+                hint="every lab needs its own number and slug",
+            )
+        by_number[lab.number] = by_slug[lab.slug] = lab
     return sorted(labs, key=lambda lab: lab.number)
 
 
@@ -172,7 +176,7 @@ def resolve_lab(arg: str, labs: list[Lab]) -> Lab:
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _Loader(_SafeLoader):  # type: ignore[misc, valid-type]
+class _Loader(_SafeLoader):
     """The safe loader, refusing duplicate keys (YAML would silently keep the last one)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -208,7 +212,7 @@ def _parse(file: Path, shown: str) -> Any:
     except UnicodeDecodeError as e:
         raise _error(shown, f"is not UTF-8 text (byte {e.start})") from e
     try:
-        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a safe loader
+        doc = yaml.load(text, Loader=_Loader)  # _Loader is a safe loader
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{shown}:{mark.line + 1}" if mark is not None else shown
@@ -286,11 +290,40 @@ def schema() -> dict:
 
 
 @functools.cache
-def _validator() -> jsonschema.Draft202012Validator:
+def _validator():
+    import jsonschema  # its import alone costs more than the rest of `labctl check`: only when a lab changed
+
     return jsonschema.Draft202012Validator(schema())
 
 
+def _validation_key(file: Path) -> str:
+    """Content address of a lab.yaml under this labctl's schema: same bytes, same verdict."""
+    import hashlib
+
+    digest = hashlib.sha256(file.read_bytes())
+    digest.update(resources.files("labctl").joinpath("schema", "lab.schema.json").read_bytes())
+    return digest.hexdigest()
+
+
+def _validated_before(file: Path) -> bool:
+    try:
+        return (paths.cache_dir() / "validated-labs" / _validation_key(file)).exists()
+    except OSError:
+        return False
+
+
+def _remember_validated(file: Path) -> None:
+    try:
+        folder = paths.cache_dir() / "validated-labs"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / _validation_key(file)).touch()
+    except OSError:
+        pass  # a read-only cache only costs the validation next time
+
+
 def _check_schema(doc: Any, shown: str) -> None:
+    import jsonschema.exceptions
+
     errors = sorted(_validator().iter_errors(doc), key=lambda e: _order(e.absolute_path))
     if not errors:
         return
@@ -372,7 +405,8 @@ def _describe(error: jsonschema.ValidationError, doc: Any) -> str:
     if _unknown_field(error):
         allowed = error.validator_value if isinstance(error.validator_value, list) else []
         check_type = _at(doc, error.absolute_path).get("type")
-        return _field(join_path(where, str(value)), f"not a field of {_article(check_type)} check" + _suggest(value, allowed))
+        what = f"not a field of {_article(check_type)} check" + _suggest(value, allowed)
+        return _field(join_path(where, str(value)), what)
     if kind == "additionalProperties":
         allowed = list(error.schema.get("properties", {}))
         extra = next(k for k in value if k not in allowed)
@@ -477,7 +511,9 @@ def _check_meaning(doc: dict, folder: Path, slug: str, shown: str) -> None:
     for i, check in enumerate(doc["checks"]):
         where = f"checks[{i}]"
         if check["id"] in ids:
-            raise _error(shown, f"{where}.id: '{check['id']}' is already the id of checks[{ids[check['id']]}] (ids must be unique)")
+            first = ids[check["id"]]
+            what = f"'{check['id']}' is already the id of checks[{first}] (ids must be unique)"
+            raise _error(shown, f"{where}.id: {what}")
         ids[check["id"]] = i
         _check_check(check, where, shown)
 

@@ -163,7 +163,8 @@ def test_matches() -> None:
 @pytest.mark.parametrize(
     ("fields", "obj", "result"),
     [
-        ({"expr": "spec.replicas", "equals": 2}, {"spec": {"replicas": 2}}, (True, "Deployment web: spec.replicas is 2")),
+        ({"expr": "spec.replicas", "equals": 2}, {"spec": {"replicas": 2}},
+         (True, "Deployment web: spec.replicas is 2")),
         ({"expr": "spec.replicas", "equals": 2}, {"spec": {"replicas": 1}},
          (False, "Deployment web: spec.replicas is 1 (wanted 2)")),
         ({"expr": "spec.replicas", "equals": 2, "message": "one replica is one point of failure"},
@@ -217,7 +218,8 @@ def conditions(*entries: Any) -> dict[str, Any]:
                  "not have minimum availability.")),
         ({"condition": "Available", "status": "False"}, conditions({"type": "Available", "status": "False"}),
          (True, "Deployment web: Available is False")),
-        ({"condition": "Available"}, conditions(), (False, "Deployment web has no Available condition (wanted Available=True)")),
+        ({"condition": "Available"}, conditions(),
+         (False, "Deployment web has no Available condition (wanted Available=True)")),
         ({"condition": "Available"}, deployment(status={"conditions": "Available"}),
          (False, "Deployment web has no Available condition (wanted Available=True)")),
         ({"condition": "Available"}, deployment(status=None),

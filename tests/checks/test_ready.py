@@ -52,7 +52,8 @@ def workload(generation: int = 2, observed: int | None = 2, spec_replicas: Any =
         # The check's own replicas: at least that many, whatever the Deployment asks for.
         (workload(spec_replicas=2, availableReplicas=2, updatedReplicas=2), 3,
          (False, "Deployment web: 2/2 replicas available (wanted 3)")),
-        (workload(spec_replicas=3, availableReplicas=3, updatedReplicas=3), 2, (True, "Deployment web: 3/3 replicas available")),
+        (workload(spec_replicas=3, availableReplicas=3, updatedReplicas=3), 2,
+         (True, "Deployment web: 3/3 replicas available")),
         # A status written for an older spec says nothing about this one.
         (workload(generation=3, observed=2, availableReplicas=3, updatedReplicas=3), None,
          (False, "Deployment web: the controller has not caught up with the latest change yet (generation 3, "

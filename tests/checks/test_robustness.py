@@ -24,8 +24,8 @@ KEYS = st.sampled_from(
         "requests", "limits", "cpu", "memory", "readinessProbe", "livenessProbe", "capabilities", "drop",
         "runAsNonRoot", "runAsUser", "seccompProfile", "observedGeneration", "generation", "jobTemplate",
         "succeeded", "completions", "desiredNumberScheduled", "numberReady", "updatedNumberScheduled",
-        "deletionTimestamp", "app", "reason", "message", "currentRevision", "updateRevision", "allowPrivilegeEscalation",
-        "readOnlyRootFilesystem", "addressType",
+        "deletionTimestamp", "app", "reason", "message", "currentRevision", "updateRevision",
+        "allowPrivilegeEscalation", "readOnlyRootFilesystem", "addressType",
     ]
 )
 SCALARS = (

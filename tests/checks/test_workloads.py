@@ -43,14 +43,17 @@ def container(name: str = "web", **fields: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("kind", list(API))
 def test_every_workload_kind_finds_its_pod_template(kind: str) -> None:
     pod = {"containers": [container(readinessProbe=READINESS, livenessProbe=LIVENESS)]}
-    assert run("probes", pod, kind) == Result(True, f"{kind} web: container web has distinct readiness and liveness probes")
+    assert run("probes", pod, kind) == Result(
+        True, f"{kind} web: container web has distinct readiness and liveness probes"
+    )
 
 
 @pytest.mark.parametrize(
     ("kind", "obj", "reason"),
     [
         ("Deployment", {"spec": {}}, "Deployment web has no pod template (spec.template.spec is missing)"),
-        ("Deployment", {"spec": {"template": "x"}}, "Deployment web has no pod template (spec.template.spec is missing)"),
+        ("Deployment", {"spec": {"template": "x"}},
+         "Deployment web has no pod template (spec.template.spec is missing)"),
         ("CronJob", {"spec": {"template": {"spec": {}}}},
          "CronJob web has no pod template (spec.jobTemplate.spec.template.spec is missing)"),
         ("Pod", {"spec": None}, "Pod web has no pod template (spec is missing)"),
@@ -214,7 +217,7 @@ def secure(pod_context: Any = None, *contexts: Any, init: Any = None) -> dict[st
 def test_security_all_requirements_by_default() -> None:
     assert run("security", secure(RESTRICTED_POD, RESTRICTED_CONTAINER)) == Result(
         True,
-        "Deployment web: container c0 has runAsNonRoot, noPrivilegeEscalation, readOnlyRootFilesystem, "
+        "Deployment web: container c0 meets runAsNonRoot, noPrivilegeEscalation, readOnlyRootFilesystem, "
         "dropAllCapabilities, seccompRuntimeDefault",
     )
     assert run("security", secure(None, {})) == Result(
@@ -288,5 +291,5 @@ def test_security_on_a_named_container_and_a_pod() -> None:
     assert run("security", {"securityContext": RESTRICTED_POD, "containers": [
         container(securityContext=RESTRICTED_CONTAINER)]}, "Pod").passed is True
     assert run("security", pod, "CronJob", require=["runAsNonRoot", "seccompRuntimeDefault"]) == Result(
-        True, "CronJob web: all 2 containers have runAsNonRoot, seccompRuntimeDefault"
+        True, "CronJob web: all 2 containers meet runAsNonRoot, seccompRuntimeDefault"
     )

@@ -78,7 +78,6 @@ def test_build_steps_from_a_plain_log():
 """
     steps = build.build_steps(log)
     assert [(s.name, s.cached) for s in steps] == [
-        ("[1/4] FROM labctl.local/python:3.11", False),
         ("[2/4] WORKDIR /app", True),
         ('[3/4] RUN python3 -c "print(1)"', True),
         ("[4/4] COPY app.py /app/app.py", False),

@@ -121,3 +121,19 @@ def test_a_missing_dockerfile_is_a_lab_error(lab):
     lab.images = [{"name": "labctl.local/demo:1.0", "context": "app", "dockerfile": "Dockerfile.prod"}]
     with pytest.raises(LabDefinitionError, match="Dockerfile.prod does not exist"):
         ensure.ensure_images(lab, LOCAL, builder=StoreBuilder())
+
+
+class DownBuilder(StoreBuilder):
+    def _build(self, context, dockerfile, tag, build_args, no_cache, log, echo):
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text('error: listing workers for Build: failed to list workers: Unavailable: connection error: '
+                       'desc = "transport: Error while dialing: dial unix /x/buildkitd.sock: connect: no such file"\n')
+        return 1
+
+
+def test_an_unreachable_builder_is_an_environment_problem(lab):
+    from labctl.errors import ProviderError
+
+    with pytest.raises(ProviderError, match="cannot reach the local cluster's image builder") as e:
+        ensure.ensure_images(lab, LOCAL, builder=DownBuilder())
+    assert "labctl status" in e.value.hint

@@ -33,7 +33,8 @@ VALID: dict[str, Any] = {
         {"id": "old-gone", "title": "Deployment old is gone", "type": "absent",
          "target": {**DEPLOYMENT, "name": "old"}, "hints": ["Delete it."]},
         {"id": "web-image", "title": "web runs demo 1.0", "type": "matches", "target": DEPLOYMENT,
-         "subset": {"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "labctl.local/demo:1.0"}]}}}},
+         "subset": {"spec": {"template": {"spec": {
+             "containers": [{"name": "web", "image": "labctl.local/demo:1.0"}]}}}},
          "hints": ["Set the image."]},
         {"id": "two-replicas", "title": "Two replicas", "type": "expression", "target": DEPLOYMENT,
          "expr": "spec.replicas", "equals": 2, "message": "one replica is one point of failure",

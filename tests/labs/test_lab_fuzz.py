@@ -17,6 +17,8 @@ from labctl.labs import Lab, load_lab
 pytestmark = pytest.mark.unit
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Documents that get as far as schema validation cost tens of milliseconds each.
+FUZZ_DEEP = settings(FUZZ, max_examples=100)
 
 scalars = (
     st.none()
@@ -99,7 +101,7 @@ def fuzz_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
 
 
-@FUZZ
+@FUZZ_DEEP
 @given(data=st.data())
 def test_mutations_of_a_valid_lab(
     data: st.DataObject, fuzz_root: Path, write_lab: Callable[..., Path], valid_doc: Callable[[], dict]
@@ -123,7 +125,7 @@ def test_random_text(text: str, fuzz_root: Path, write_lab: Callable[..., Path])
     _load(write_lab(fuzz_root, text=text))
 
 
-@FUZZ
+@FUZZ_DEEP
 @given(data=st.data())
 def test_spliced_text_of_a_valid_lab(
     data: st.DataObject, fuzz_root: Path, write_lab: Callable[..., Path], valid_doc: Callable[[], dict]

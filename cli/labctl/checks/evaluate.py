@@ -233,9 +233,9 @@ def _condition(spec: Mapping[str, Any], objects: Objects, namespace: str) -> Res
     seen = entry.get("status")
     if seen == want:
         return Result(True, f"{label}: {type_} is {want}")
+    shown = seen if isinstance(seen, str) else show(seen)
     why = ": ".join(one_line(entry[k]) for k in ("reason", "message") if entry.get(k))
-    return Result(False, f"{label}: {type_} is {show(seen) if not isinstance(seen, str) else seen} "
-                  f"(wanted {want})" + (f": {why}" if why else ""))
+    return Result(False, f"{label}: {type_} is {shown} (wanted {want})" + (f": {why}" if why else ""))
 
 
 @_guarded

@@ -128,8 +128,10 @@ def resources(spec: Mapping[str, Any], obj: Mapping[str, Any], label: str) -> Re
     return _verdict(label, problems, f"{_each(selected)} cpu and memory requests and limits")
 
 
-def _each(selected: list[_Container]) -> str:
-    return f"{selected[0].label} has" if len(selected) == 1 else f"all {len(selected)} containers have"
+def _each(selected: list[_Container], one: str = "has", many: str = "have") -> str:
+    if len(selected) == 1:
+        return f"{selected[0].label} {one}"
+    return f"all {len(selected)} containers {many}"
 
 
 def image_pinned(spec: Mapping[str, Any], obj: Mapping[str, Any], label: str) -> Result:
@@ -189,7 +191,7 @@ def security(spec: Mapping[str, Any], obj: Mapping[str, Any], label: str) -> Res
         failed = [why for r in wanted if (why := _SECURITY[r](own, pod_context))]
         if failed:
             problems.append(f"{c.label}: " + ", ".join(failed))
-    return _verdict(label, problems, f"{_each(selected)} {', '.join(wanted)}")
+    return _verdict(label, problems, f"{_each(selected, 'meets', 'meet')} {', '.join(wanted)}")
 
 
 def _inherited(own: Mapping[str, Any], pod: Mapping[str, Any], field: str) -> Any:

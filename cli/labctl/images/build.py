@@ -40,6 +40,9 @@ REF_PATTERN = re.compile(
     r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 Echo = Callable[[str], None]
+# How buildctl and docker say that their daemon is not there (as opposed to a step that failed).
+_UNREACHABLE = re.compile(r"dial unix|connection refused|Cannot connect to the Docker daemon|"
+                          r"Is the docker daemon running", re.IGNORECASE)
 
 
 class BuildFailed(LabError):
@@ -131,6 +134,7 @@ def dockerfile_bases(text: str, build_args: Mapping[str, str] | None = None) -> 
 
 _STEP = re.compile(r"^#(\d+) (\[(?:[\w.-]+ )?\d+/\d+\] .*)$")
 _CACHED = re.compile(r"^#(\d+) CACHED$")
+_FROM = re.compile(r"^\[[^\]]*\] FROM ", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -140,13 +144,17 @@ class Step:
 
 
 def build_steps(plain_log: str) -> list[Step]:
-    """The Dockerfile steps of a `--progress=plain` log (BuildKit's and Docker's), each cached or run."""
+    """The steps of a `--progress=plain` log (BuildKit's and Docker's) that make layers, each cached or run.
+
+    FROM is left out: it resolves a base image and makes no layer of its own, and BuildKit never calls it CACHED.
+    """
     names: dict[str, str] = {}
     cached: set[str] = set()
     for line in plain_log.splitlines():
         m = _STEP.match(line.strip())
         if m:
-            names.setdefault(m.group(1), m.group(2))
+            if not _FROM.match(m.group(2)):
+                names.setdefault(m.group(1), m.group(2))
             continue
         m = _CACHED.match(line.strip())
         if m:
@@ -313,6 +321,9 @@ class Builder(abc.ABC):
         output = log.read_text(errors="replace")
         if code != 0:
             why = build_error(output) or f"exit code {code}"
+            if _UNREACHABLE.search(why):
+                raise ProviderError(f"cannot reach the {self.provider} cluster's image builder: {why}",
+                                    hint="is the cluster up? `labctl status` says; `labctl up` starts it")
             raise BuildFailed(f"building {tag} failed: {why}", hint=f"the full build log is {log}")
         self.publish(tag)
         return BuildResult(tag, seconds, build_steps(output), log)

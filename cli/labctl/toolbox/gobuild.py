@@ -53,20 +53,36 @@ def module_reachable(module: str, version: str, env: dict[str, str] | None = Non
     cache = env.get("GOMODCACHE")
     if cache and (Path(cache) / "cache" / "download" / escaped / "@v" / f"{version}.zip").is_file():
         return True
-    for entry in env.get("GOPROXY", "https://proxy.golang.org,direct").replace("|", ",").split(","):
-        entry = entry.strip()
+    for entry, fallback_on_any_error in _proxy_list(env.get("GOPROXY") or "https://proxy.golang.org,direct"):
         if entry == "off":
             return False
         if entry == "direct":
             return True  # the version control host decides; Go reports its own error if it cannot
-        if not entry.startswith(("http://", "https://", "file://")):
-            continue
         try:
             with urllib.request.urlopen(f"{entry.rstrip('/')}/{escaped}/@v/{version}.info", timeout=timeout):
                 return True
+        except urllib.error.HTTPError as e:
+            # As Go does: "not found" always moves on to the next entry, other errors only after a "|".
+            if e.code not in (404, 410) and not fallback_on_any_error:
+                return False
         except (urllib.error.URLError, OSError, ValueError):
-            continue
+            if not fallback_on_any_error:
+                return False
     return False
+
+
+def _proxy_list(goproxy: str) -> list[tuple[str, bool]]:
+    """GOPROXY entries, each with whether Go falls back after any error ("|") or only after not-found (",")."""
+    entries: list[tuple[str, bool]] = []
+    current = ""
+    for ch in goproxy + ",":
+        if ch in ",|":
+            if current.strip():
+                entries.append((current.strip(), ch == "|"))
+            current = ""
+        else:
+            current += ch
+    return entries
 
 
 def _run(cmd: list[str], cwd: Path, log: Path, what: str, extra_env: dict[str, str] | None = None) -> None:
@@ -75,8 +91,8 @@ def _run(cmd: list[str], cwd: Path, log: Path, what: str, extra_env: dict[str, s
         out.write(f"\n$ (cd {shlex.quote(str(cwd))} && {shlex.join(cmd)})\n")
         out.flush()
         try:
-            rc = subprocess.run(cmd, cwd=cwd, env={**_build_env(), **(extra_env or {})}, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL).returncode
+            rc = subprocess.run(cmd, cwd=cwd, env={**_build_env(), **(extra_env or {})}, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT).returncode
         except OSError as e:
             raise ToolboxError(f"{what}: cannot run {cmd[0]}: {e}", hint="is Go installed and on PATH?") from e
     if rc != 0:

@@ -9,7 +9,6 @@ from typing import Callable
 
 import yaml
 
-from labctl import paths
 from labctl.errors import LabDefinitionError, LabError
 from labctl.kube.client import ApiError, Client
 
@@ -178,10 +177,12 @@ def backup(client: Client, namespace: str, kinds: list[tuple[str, str]], *, reas
             saved.append(item)
     if not saved:
         return None
-    folder = paths.state_dir() / "backups"
-    folder.mkdir(parents=True, exist_ok=True)
+    from labctl.providers.users import give, make_dirs, state_root
+
+    folder = make_dirs(state_root() / "backups")
     target = folder / f"{namespace}-{time.strftime('%Y%m%dT%H%M%S')}-{reason}.yaml"
     target.write_text(yaml.safe_dump_all(saved, sort_keys=False))
+    give(target)
     return target
 
 

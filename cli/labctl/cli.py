@@ -333,7 +333,8 @@ def _print_outcomes(chosen, outcomes, target, output: str, junit_file: str | Non
         if o.state == "fail" and first_fail is None:
             first_fail = o
     if counts["not-verifiable"]:
-        click.echo(click.style(f"{counts['not-verifiable']} checks not verifiable on {target.provider}"
+        n = counts["not-verifiable"]
+        click.echo(click.style(f"{n} {'check' if n == 1 else 'checks'} not verifiable on {target.provider}"
                                " (pods do not run there): they pass only on a provider with real pods", fg="yellow"))
     if first_fail:
         click.echo(f"\nNext: fix “{first_fail.check.title}”. Stuck? `labctl hint`.")

@@ -33,7 +33,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from labctl import paths
 
 FORMAT = 1
 
@@ -73,7 +72,9 @@ class State:
         return record
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        from labctl.providers.users import give, make_dirs
+
+        make_dirs(self.path.parent)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".progress-", suffix=".json")
         try:
             with os.fdopen(fd, "w") as f:
@@ -85,10 +86,14 @@ class State:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        give(self.path)
 
 
 def default_path() -> Path:
-    return paths.state_dir() / "progress.json"
+    """Under sudo, the invoking user's state dir, so their own labctl sees the same progress."""
+    from labctl.providers.users import state_root
+
+    return state_root() / "progress.json"
 
 
 def empty() -> dict[str, Any]:

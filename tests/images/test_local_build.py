@@ -291,11 +291,14 @@ def test_lab9_app_image_is_ensured_once_and_serves(node, builder, tmp_path, monk
                 time.sleep(0.2)
         assert body["message"] == "Hello from hello" and body["version"] == "1.0"
     finally:
+        # SIGTERM: the app drains and exits 0, as a pod's container does when it is deleted.
         subprocess.run([node.ctr, "-a", node.containerd, "-n", "k8s.io", "tasks", "kill", name],
                        capture_output=True)
         try:
-            run.wait(timeout=30)
+            output, _ = run.communicate(timeout=30)
         except subprocess.TimeoutExpired:
             run.kill()
-            run.wait()
-    assert run.returncode == 0, run.stdout.read() if run.stdout else ""
+            output, _ = run.communicate()
+    assert run.returncode == 0, output
+    records = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert [r["msg"] for r in records if r["msg"] in ("listening", "stopped")] == ["listening", "stopped"], output

@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass
 
 from labctl.errors import UsageError
+from labctl.toolbox.gomod import staging_version
 
 KUBERNETES_VERSION = "v1.37.2"
 
@@ -66,14 +67,14 @@ class Component:
         return self.reports or self.version
 
 
-_K8S_SERVER = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy")
 _K8S = GoBuild(
     key="kubernetes",
     module="k8s.io/kubernetes",
     version=KUBERNETES_VERSION,
-    packages={name: f"k8s.io/kubernetes/cmd/{name}" for name in (*_K8S_SERVER[:3], "kubectl", *_K8S_SERVER[3:])},
+    packages={name: f"k8s.io/kubernetes/cmd/{name}" for name in (
+        "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "kube-proxy")},
     style="wrapper",
-    local_replace_version="v0.37.2",
+    local_replace_version=staging_version(KUBERNETES_VERSION),
     tags=("selinux", "notest", "grpcnotrace"),
     kubernetes=True,
 )

@@ -39,7 +39,8 @@ SOURCES = {
     "helm": ("LABCTL_HELM_URL", "https://get.helm.sh"),
 }
 TIMEOUT = 30.0
-_HINT = "check the network (or set LABCTL_TOOLBOX_MIRROR), or build from Go modules: `labctl toolbox install --method build`"
+_HINT = ("check the network (or set LABCTL_TOOLBOX_MIRROR), "
+         "or build from Go modules: `labctl toolbox install --method build`")
 
 
 def base_urls(env: Mapping[str, str] = os.environ) -> dict[str, str]:

@@ -104,10 +104,10 @@ def _run(cmd: list[str], cwd: Path, log: Path, what: str, extra_env: dict[str, s
         )
 
 
-def _module_info(build: GoBuild, cwd: Path, log: Path, what: str) -> dict:
+def _module_info(spec: GoBuild, cwd: Path, log: Path, what: str) -> dict:
     """Download the upstream module and return `go mod download -json` about it (GoMod, Info paths)."""
     go = go_binary() or "go"
-    cmd = [go, "mod", "download", "-json", f"{build.module}@{build.version}"]
+    cmd = [go, "mod", "download", "-json", f"{spec.module}@{spec.version}"]
     out = subprocess.run(cmd, cwd=cwd, env=_build_env(), capture_output=True, text=True, stdin=subprocess.DEVNULL)
     try:
         info = json.loads(out.stdout)
@@ -132,14 +132,14 @@ def _commit_date(info: dict) -> str:
     return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _prepare_wrapper(build: GoBuild, info: dict, log: Path, what: str) -> Path:
+def _prepare_wrapper(spec: GoBuild, info: dict, log: Path, what: str) -> Path:
     """Write the wrapper module under the cache and tidy it (only when its generated go.mod changed)."""
-    moddir = store.root() / "build" / f"{build.key}-{build.version}"
+    moddir = store.root() / "build" / f"{spec.key}-{spec.version}"
     moddir.mkdir(parents=True, exist_ok=True)
     upstream = Path(info["GoMod"]).read_text()
     text = gomod.wrapper_gomod(
-        f"labctl.local/toolbox/{build.key}", upstream, build.version, list(build.packages.values()),
-        copy=build.copy, local_replace_version=build.local_replace_version,
+        f"labctl.local/toolbox/{spec.key}", upstream, spec.version, list(spec.packages.values()),
+        copy=spec.copy, local_replace_version=spec.local_replace_version,
     )
     stamp = moddir / "go.mod.generated"
     if stamp.is_file() and stamp.read_text() == text and (moddir / "go.sum").is_file():
@@ -151,18 +151,18 @@ def _prepare_wrapper(build: GoBuild, info: dict, log: Path, what: str) -> Path:
     return moddir
 
 
-def build_command(build: GoBuild, out: Path, build_date: str | None = None) -> list[str]:
-    """The one go command that builds every binary of `build` into the directory `out`."""
-    assignments = [f"-X {a.format(version=build.version)}" for a in build.x]
-    if build.kubernetes:
-        assignments += gomod.kubernetes_ldflags(build.version, build_date or "1970-01-01T00:00:00Z")
+def build_command(spec: GoBuild, out: Path, build_date: str | None = None) -> list[str]:
+    """The one go command that builds every binary of `spec` into the directory `out`."""
+    assignments = [f"-X {a.format(version=spec.version)}" for a in spec.x]
+    if spec.kubernetes:
+        assignments += gomod.kubernetes_ldflags(spec.version, build_date or "1970-01-01T00:00:00Z")
     flags = ["-trimpath", "-ldflags", gomod.ldflags(assignments)]
-    if build.tags:
-        flags += ["-tags", ",".join(build.tags)]
+    if spec.tags:
+        flags += ["-tags", ",".join(spec.tags)]
     go = go_binary() or "go"
-    packages = list(build.packages.values())
-    if build.style == "install":
-        return [go, "install", *flags, *(f"{p}@{build.version}" for p in packages)]
+    packages = list(spec.packages.values())
+    if spec.style == "install":
+        return [go, "install", *flags, *(f"{p}@{spec.version}" for p in packages)]
     return [go, "build", *flags, "-o", f"{out}{os.sep}", *packages]
 
 

@@ -76,7 +76,7 @@ def sha256_file(path: Path) -> str:
 
 
 def verify_installed(comps: list[Component]) -> dict[str, bool]:
-    """Re-hash installed binaries against their manifests: name -> intact. Hashes in parallel (hashlib frees the GIL)."""
+    """Re-hash installed binaries against their manifests: name -> intact (in parallel: hashlib frees the GIL)."""
 
     def check(comp: Component) -> bool:
         manifest = read_manifest(comp.name, comp.version)

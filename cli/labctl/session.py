@@ -35,6 +35,14 @@ def user_kubeconfig() -> Path:
     return Path.home() / ".kube" / "config"
 
 
+def _has_context(kubeconfig: Path, context: str) -> bool:
+    try:
+        data = yaml.safe_load(kubeconfig.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and any(c.get("name") == context for c in data.get("contexts") or [])
+
+
 def _current_context(kubeconfig: Path) -> str | None:
     try:
         data = yaml.safe_load(kubeconfig.read_text()) or {}
@@ -55,7 +63,11 @@ def resolve(state: State, context: str | None = None) -> Target:
     context = context or os.environ.get("LABCTL_CONTEXT") or None
     if context:
         if context in OWN_CONTEXTS:
-            return target_for(OWN_CONTEXTS[context])
+            target = target_for(OWN_CONTEXTS[context])
+            if not target.kubeconfig.exists() and _has_context(user_kubeconfig(), context):
+                # a labctl cluster whose state lives elsewhere (another state dir, a copied kubeconfig)
+                return Target(target.provider, context, user_kubeconfig(), target.pods_run)
+            return target
         return target_for("existing", context=context)
     cluster = state.cluster
     if cluster:

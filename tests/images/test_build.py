@@ -139,3 +139,10 @@ def test_host_ca_bundle_prefers_the_environment(tmp_path, monkeypatch):
 
 def test_sim_needs_no_builder():
     assert build.builder_for("sim") is None
+
+
+def test_local_provider_addresses_may_be_paths():
+    builder = build.BuildKitBuilder(Path("/state/buildkit/buildkitd.sock"), Path("/state/containerd/containerd.sock"))
+    assert builder.buildkit_address == "unix:///state/buildkit/buildkitd.sock"
+    assert builder.containerd_address == "/state/containerd/containerd.sock"
+    assert build.BuildKitBuilder("unix:///b.sock", "unix:///c.sock").containerd_address == "/c.sock"

@@ -2,7 +2,6 @@ import os
 import socket
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -12,6 +11,12 @@ from labctl.providers.procs import ProcessRecord, ProcessRegistry
 pytestmark = pytest.mark.unit
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+def gone(rec: ProcessRecord) -> bool:
+    """No process (nor zombie) left: /proc has no such pid, or the pid was reused by a later process or thread."""
+    stat = procs.proc_stat(rec.pid)
+    return stat is None or stat[1] != rec.start_ticks
 
 
 def test_parse_stat_with_spaces_and_parens_in_the_name():
@@ -72,10 +77,10 @@ def test_start_records_the_live_process_and_stop_leaves_nothing(tmp_path):
     reg = ProcessRegistry(tmp_path)
     rec = reg.start("sleeper", SLEEPER)
     assert reg.running("sleeper") == rec
-    assert Path(f"/proc/{rec.pid}").exists()
+    assert not gone(rec)
     assert os.getsid(rec.pid) == rec.pid  # its own session: a Ctrl-C in labctl's terminal does not reach it
     assert reg.stop() == ["sleeper"]
-    assert not Path(f"/proc/{rec.pid}").exists()
+    assert gone(rec)
     assert not reg.pid_file("sleeper").exists()
 
 
@@ -89,7 +94,7 @@ def test_stop_kills_what_ignores_sigterm(tmp_path):
     started = time.monotonic()
     assert reg.stop(timeout=0.5) == ["stubborn"]
     assert time.monotonic() - started < 5
-    assert not Path(f"/proc/{rec.pid}").exists()
+    assert gone(rec)
 
 
 def test_stale_pid_files_are_detected_and_never_signalled(tmp_path):
@@ -113,7 +118,7 @@ def test_stale_pid_files_are_detected_and_never_signalled(tmp_path):
     assert sorted(reg.clean_stale()) == ["garbage", "gone", "restarted", "reused"]
     assert reg.names() == []
     assert reg.stop() == []  # nothing to stop; above all, this test process was not signalled
-    assert Path(f"/proc/{live.pid}").exists()  # the "restarted" process was never signalled either
+    assert procs.is_running(live)  # the "restarted" process was never signalled either
     os.kill(live.pid, 15)
     assert procs.wait_for(lambda: not procs.is_running(live), timeout=10)
     assert gone.pid not in procs._children

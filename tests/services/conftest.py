@@ -20,6 +20,9 @@ if str(SERVICES_DIR) not in sys.path:
     sys.path.insert(0, str(SERVICES_DIR))
 
 
+_probe = httpx.Client()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -58,7 +61,7 @@ class ServiceProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if _probe.get(f"{self.url}/readyz", timeout=1).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
@@ -66,13 +69,19 @@ class ServiceProcess:
         raise AssertionError(f"{self.name} not ready after {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()
 
     def log_records(self) -> list[dict]:
         return [json.loads(line) for line in self.log().splitlines() if line.strip()]
 
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, then the exit code (killed after `timeout`)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -87,7 +96,7 @@ class ServiceProcess:
         """The value of one sample of /metrics (0 when absent)."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        text = httpx.get(f"{self.url}/metrics", timeout=5).text
+        text = _probe.get(f"{self.url}/metrics", timeout=5).text
         total = 0.0
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -108,5 +117,26 @@ def start_service(tmp_path_factory):
         return service.wait_ready() if wait else service
 
     yield start
-    for service in reversed(started):
+    for service in started:
+        service.terminate()
+    for service in started:
         service.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_probe_client():
+    yield
+    _probe.close()
+
+
+@pytest.fixture(scope="session")
+def services_dir() -> Path:
+    """The folder holding the labshop package (what PYTHONPATH must name to run a service)."""
+    return SERVICES_DIR
+
+
+@pytest.fixture(scope="module")
+def http():
+    """One HTTP client for the module's requests (a client per request costs a TLS context each time)."""
+    with httpx.Client(timeout=10) as client:
+        yield client

@@ -323,15 +323,15 @@ def _locked(root: Path) -> Iterator[None]:
 
 
 def _read_cached(folder: Path) -> BaseImage | None:
+    tar = folder / "image.tar"
     try:
         meta = json.loads((folder / "meta.json").read_text())
-        tar = folder / "image.tar"
         size = tar.stat().st_size
-    except (OSError, ValueError):
+        if size != meta["size"]:  # an interrupted copy or a damaged file: build it again
+            return None
+        return BaseImage(meta["tag"], tar, meta["image_id"], size, False, 0.0, meta)
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    if size != meta.get("size"):
-        return None
-    return BaseImage(meta["tag"], tar, meta["image_id"], size, False, 0.0, meta)
 
 
 def _debootstrap(target: Path, mirror: Mirror, packages: Sequence[str], log: Path, debs: Path) -> None:
@@ -387,7 +387,7 @@ def debian_image(repository: str, packages: Sequence[str], *, version_of: str,
             if cached:
                 return cached
         progress(f"building base image {repository} from Debian {suite} packages ({', '.join(packages)}); "
-                 f"about a minute, once per machine")
+                 f"a minute or a few, once per machine")
         started = time.monotonic()
         staging = root / ".staging"
         staging.mkdir(parents=True, exist_ok=True)

@@ -216,11 +216,12 @@ def docker_build_argv(docker: Path | str, context: Path, dockerfile: Path, tag: 
     return argv
 
 
-def _socket_path(address: str) -> str:
-    return address.removeprefix("unix://")
+def _socket_path(address: str | Path) -> str:
+    return str(address).removeprefix("unix://")
 
 
-def _grpc_address(address: str) -> str:
+def _grpc_address(address: str | Path) -> str:
+    address = str(address)
     return address if "://" in address else f"unix://{address}"
 
 
@@ -334,7 +335,7 @@ class BuildKitBuilder(Builder):
 
     provider = "local"
 
-    def __init__(self, buildkit_address: str, containerd_address: str, namespace: str = "k8s.io", *,
+    def __init__(self, buildkit_address: str | Path, containerd_address: str | Path, namespace: str = "k8s.io", *,
                  import_tar: Callable[[Path], None] | None = None, base_root: Path | None = None) -> None:
         self.buildkit_address = _grpc_address(buildkit_address)
         self.containerd_address = _socket_path(containerd_address)
@@ -376,6 +377,7 @@ class BuildKitBuilder(Builder):
                 python.append(base.python_base(progress, root=self._base_root))
             return python[0]
 
+        present = self.images()  # first: a cluster that is down says so before a base image is built for it
         declared = dockerfile_bases(dockerfile_text)
         args: dict[str, str] = {}
         if BASE_ARG in declared.global_args and BASE_ARG not in given:
@@ -383,7 +385,6 @@ class BuildKitBuilder(Builder):
             default = declared.global_args[BASE_ARG]
             progress(f"{BASE_ARG}={args[BASE_ARG]} (Debian's Python; the Dockerfile's default {default} would come "
                      f"from a registry)" if default else f"{BASE_ARG}={args[BASE_ARG]}")
-        present = self.images()
         for ref in dockerfile_bases(dockerfile_text, {**given, **args}).bases:
             if normalize_ref(ref) in present:
                 continue
@@ -408,7 +409,7 @@ class BuildKitBuilder(Builder):
         return _run_logged(argv, log, echo)
 
 
-def ctr_import(ctr: Path | str, address: str, namespace: str, tar: Path) -> None:
+def ctr_import(ctr: Path | str, address: str | Path, namespace: str, tar: Path) -> None:
     """`ctr images import` a docker-archive tar into containerd (unpacked, ready for the kubelet)."""
     done = _run([str(ctr), "-a", _socket_path(address), "-n", namespace, "images", "import", str(tar)],
                 timeout=600)

@@ -117,8 +117,10 @@ def _reap(pid: int) -> None:
 
 def is_running(record: ProcessRecord) -> bool:
     """True when the recorded process is alive and is really the one recorded."""
-    _reap(record.pid)
-    return record_matches(record, proc_cmdline(record.pid), proc_stat(record.pid))
+    alive = record_matches(record, proc_cmdline(record.pid), proc_stat(record.pid))
+    if not alive:
+        _reap(record.pid)  # our own child that exited stays a zombie until reaped
+    return alive
 
 
 # -- ports --------------------------------------------------------------------------------------------------

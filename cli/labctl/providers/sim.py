@@ -31,9 +31,15 @@ NODE_NAMES = ("sim-node-1", "sim-node-2", "sim-node-3")
 NODE_CAPACITY = {"cpu": "8", "memory": "16Gi", "pods": "110"}
 KWOK_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
 
-# In start order; every component retries its connections, so all of them start at once.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+# These retry their connections for as long as it takes, so they start together. The controller-manager gives up
+# after 10 s without a healthy API server (a busy machine can take longer), so it starts once /readyz answers.
+FIRST = ("etcd", "kube-apiserver", "kube-scheduler", "kwok")
+AFTER_API = ("kube-controller-manager",)
 PORTS = ("etcd-client", "etcd-peer", "kube-apiserver", "kwok")
+# Clients first, then the API server while etcd still answers (it removes its endpoint lease on the way out),
+# then etcd: stopped together, the API server waits on a vanished etcd for tens of seconds.
+STOP_ORDER = (("kwok", "kube-scheduler", "kube-controller-manager"), ("kube-apiserver",), ("etcd",))
 
 READY_TIMEOUT = 180.0
 POLL = 0.1
@@ -146,7 +152,7 @@ class SimProvider(Provider):
 
     def _up(self, progress: Progress) -> None:
         started = time.monotonic()
-        stale = self.procs.clean_stale()
+        self.procs.clean_stale()
         running = [n for n in COMPONENTS if self.procs.running(n)]
         if len(running) == len(COMPONENTS) and self._api_ready():
             self._ensure_user_context(progress)
@@ -154,31 +160,46 @@ class SimProvider(Provider):
             return
         binaries = self._binaries()
         if running:
-            stopped = [n for n in COMPONENTS if n not in running]
-            why = f"{', '.join(stopped)} had stopped" if stopped else "its API server did not answer"
-            progress(f"Restarting the sim cluster: {why}")
-            self.procs.stop(running)
-        elif stale:
-            progress("Starting the sim cluster again (its processes had stopped)")
+            missing = [n for n in COMPONENTS if n not in running]
+            progress(f"Starting what stopped: {', '.join(missing)}" if missing
+                     else "Waiting for the sim cluster's API server")
+        elif (self.dir / "cluster.json").exists():
+            progress("Starting the sim cluster again, with its data")
         user = users.target_user()
         users.make_dirs(self.dir, user)
         try:
             self._ensure_pki()
-            ports = procs.choose_ports({name: self._ports().get(name) for name in PORTS})
+            before = self._ports()
+            if running and all(k in before for k in PORTS):
+                ports = {k: before[k] for k in PORTS}  # the running components know each other by these
+            else:
+                ports = procs.choose_ports({name: before.get(name) for name in PORTS})
             self._write_meta(ports)
             self._write_kubeconfigs(ports)
-            argvs = self._argvs(binaries, ports)
-            progress(f"Starting {', '.join(COMPONENTS)} (logs in {self.dir})")
-            for name in COMPONENTS:
-                self.procs.start(name, argvs[name], env=self._env(name))
-            self._wait_ready(ports, started, progress)
+            self._wait_ready(self._argvs(binaries, ports), ports, started, progress)
         except BaseException:
-            self.procs.stop(timeout=5)
+            self._stop(timeout=5)
             users.give(self.dir, user, recursive=True)
             raise
         users.give(self.dir, user, recursive=True)
         path, result = kubeconfig.merge_into_user(kubeconfig.read(self.kubeconfig_path), self.user_kubeconfig)
         progress(kubeconfig.merge_message(path, result))
+
+    def _start_missing(self, names: tuple[str, ...], argvs: dict[str, list[str]]) -> list[str]:
+        """Start those of `names` that are not running; returns the ones started."""
+        started = []
+        for name in names:
+            if self.procs.running(name) is None:
+                self.procs.start(name, argvs[name], env=self._env(name))
+                started.append(name)
+        return started
+
+    def _stop(self, timeout: float = 10.0) -> list[str]:
+        """Stop every process of the cluster, in dependency order; returns the names stopped."""
+        stopped = []
+        for stage in STOP_ORDER:
+            stopped += self.procs.stop(stage, timeout=timeout)
+        return stopped + self.procs.stop(timeout=timeout)  # anything else with a pid file here
 
     def _binaries(self) -> dict[str, str]:
         try:
@@ -313,8 +334,9 @@ class SimProvider(Provider):
         return env
 
     def _check_components(self, ports: dict[str, int]) -> None:
+        """Raise for a component that was started and has exited."""
         for name in COMPONENTS:
-            if self.procs.running(name) is None:
+            if self.procs.read(name) is not None and self.procs.running(name) is None:
                 raise self._died(name, ports)
 
     def _died(self, name: str, ports: dict[str, int]) -> ProviderError:
@@ -331,7 +353,9 @@ class SimProvider(Provider):
         except LabError:
             return False
 
-    def _wait_ready(self, ports: dict[str, int], started: float, progress: Progress) -> None:
+    def _wait_ready(self, argvs: dict[str, list[str]], ports: dict[str, int], started: float,
+                    progress: Progress) -> None:
+        """Start what is not running and wait until the API, the nodes and the default ServiceAccount are there."""
         from labctl.kube.client import ApiError
 
         client = self._client()
@@ -343,9 +367,13 @@ class SimProvider(Provider):
         def remaining() -> float:
             return max(0.0, deadline - time.monotonic())
 
+        first = self._start_missing(FIRST, argvs)
+        if first:
+            progress(f"Starting {', '.join(first)} (logs in {self.dir})")
         if not procs.wait_for(client.readyz, remaining(), POLL, check):
             raise self._timeout("the API server to answer /readyz")
         progress(f"API server ready after {time.monotonic() - started:.1f} s")
+        self._start_missing(AFTER_API, argvs)
 
         try:
             for name in NODE_NAMES:
@@ -375,6 +403,8 @@ class SimProvider(Provider):
             ready = sum(1 for n in nodes if node_ready(n))
             if ready < len(NODE_NAMES):
                 waiting.append(f"nodes Ready ({ready}/{len(NODE_NAMES)})")
+            if not _http_ok(f"http://127.0.0.1:{ports['kwok']}/healthz"):
+                waiting.append("kwok to answer /healthz")
             return not waiting
 
         if not procs.wait_for(settled, remaining(), POLL, check):
@@ -406,7 +436,7 @@ class SimProvider(Provider):
 
     def _down(self, progress: Progress) -> None:
         existed = self.dir.exists()
-        stopped = self.procs.stop()
+        stopped = self._stop()
         left = [n for n in self.procs.names() if self.procs.running(n)]
         if left:
             raise ProviderError(f"could not stop {', '.join(left)} of the sim cluster",

@@ -140,7 +140,8 @@ class LocalCluster:
         return local_host_state(self.state_root)
 
 
-_NODE_PROGRAMS = {"containerd-shim-runc-v2", "pause", "coredns", "httpecho", "volumehelper"}
+# The node's container processes (its shims mention the state root in their command line).
+_NODE_PROGRAMS = {"pause", "coredns", "httpecho", "volumehelper"}
 _NODE_MOUNT_WORDS = ("netns", "containerd", "kubelet", "cni", "k8s.io", "buildkit")
 
 
@@ -173,7 +174,7 @@ def local_host_state(state_root: Path) -> dict:
         "dirs": {d: Path(d).exists() for d in (*host.HOST_DIRS, "/run/netns", "/run/labctl", "/var/lib/kubelet",
                                                 "/etc/cni", "/opt/cni", "/opt/containerd", "/run/nri")},
         "sysctls": host.read_sysctls(),
-        "cgroups": sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/k8s.io*")),
+        "cgroups": sorted(str(p) for n in ("k8s.io*", "buildkit*") for p in Path("/sys/fs/cgroup").glob(f"*/{n}")),
     }
 
 

@@ -189,6 +189,7 @@ def start(lab: str | None, provider: str | None, context: str | None) -> None:
         _up(st, provider, None, [])
     target, client = _connect(st, context)
     _ensure_images(chosen, target)
+    _ensure_addons(chosen, target, client)
     objects = render.render_objects([chosen.path / f for f in chosen.deploy], chosen.path, chosen.values,
                                     chosen.namespace)
     apply.ensure_namespace(client, chosen.namespace, slug=chosen.slug, pod_security=chosen.pod_security)
@@ -219,6 +220,16 @@ def _ensure_images(lab, target) -> None:
             hint="use `labctl up --provider sim` to work on declared state",
         ) from None
     ensure_images(lab, target, progress=_progress)
+
+
+def _ensure_addons(lab, target, client) -> None:
+    """Cluster-wide parts a lab declares under `requires:` (an operator, CRDs), shared by the labs that use them."""
+    required = lab.raw.get("requires") or []
+    if not required:
+        return
+    from labctl.addons import ensure_addons
+
+    ensure_addons(lab, required, target, client, progress=_progress)
 
 
 @main.command()

@@ -186,6 +186,20 @@ def test_base_image_runs_in_containerd(node, builder, python_image):
     assert out.startswith("(3, 11)")
 
 
+def test_an_image_of_one_static_binary_runs(node, builder, tools, tmp_path):
+    # ctr is a static Go binary: the same kind of image as the node's pause and CoreDNS images.
+    tar = tmp_path / "static.tar"
+    info = archive.write_image(tar, "labctl.local/static:1.0", {"/bin/ctr": tools["ctr"]},
+                               entrypoint=["/bin/ctr"], cmd=["--version"], user="65532:65532")
+    builder.import_archive(tar)
+    assert builder.has_image("labctl.local/static:1.0")
+    done = subprocess.run([node.ctr, "-a", node.containerd, "-n", "k8s.io", "images", "ls"],
+                          capture_output=True, text=True, check=True)
+    assert "labctl.local/static:1.0" in done.stdout
+    assert "2.4.2" in _ctr_run(node, "labctl.local/static:1.0")
+    assert info.image_id.startswith("sha256:")
+
+
 SMALL = """\
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}

@@ -116,11 +116,8 @@ def run_to_completion(core, ns, name, image, args, labels=None, timeout=60.0):
 
 
 def proxy_get(api, ns, pod, path):
-    """GET a path of a pod's port 8080 through the API server's pod proxy."""
-    data, status, _ = api.call_api(f"/api/v1/namespaces/{ns}/pods/{pod}:8080/proxy/{path}", "GET",
-                                   auth_settings=["BearerToken"], response_type="str", _preload_content=True,
-                                   _return_http_data_only=False)
-    return status, data
+    """GET a path of a pod's port 8080 through the API server's pod proxy (an error status raises)."""
+    return client.CoreV1Api(api).connect_get_namespaced_pod_proxy_with_path(f"{pod}:8080", ns, path)
 
 
 def ready_endpoints(discovery, ns, service_name):
@@ -199,8 +196,7 @@ def test_a_failing_readiness_probe_takes_the_pod_out_of_the_endpointslice(api, n
                what="2 ready endpoints")
     sick, healthy = sorted(p.metadata.name for p in core.list_namespaced_pod(ns, label_selector="app=web").items)
 
-    status, body = proxy_get(api, ns, sick, "unready")
-    assert status == 200 and "readiness will fail" in body
+    assert "readiness will fail" in proxy_get(api, ns, sick, "unready")
 
     eventually(lambda: ready_endpoints(discovery, ns, "web") == {sick: False, healthy: True},
                what=f"{sick} not ready and {healthy} ready in the EndpointSlice")
@@ -219,8 +215,8 @@ def test_a_podsecurity_restricted_workload_really_runs_as_non_root_on_a_read_onl
     apps.create_namespaced_deployment(ns, server_deployment("locked", httpecho, 1))
     eventually(available(apps, ns, "locked", 1), what="the restricted workload to be ready")
     pod = core.list_namespaced_pod(ns, label_selector="app=locked").items[0].metadata.name
-    assert proxy_get(api, ns, pod, "whoami")[1].startswith("uid=65532 ")
-    assert "read-only file system" in proxy_get(api, ns, pod, "write-root")[1]
+    assert proxy_get(api, ns, pod, "whoami").startswith("uid=65532 ")
+    assert "read-only file system" in proxy_get(api, ns, pod, "write-root")
 
 
 def test_networkpolicy_denies_then_allows_by_label(api, ns, httpecho):

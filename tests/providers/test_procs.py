@@ -31,15 +31,23 @@ def record(**kw):
 
 @pytest.mark.parametrize(("cmdline", "stat", "expected"), [
     (["/bin/etcd", "--x"], ("S", 500), True),
+    ([], ("Z", 500), False),                     # exited, awaiting its reaper
     (["/bin/etcd", "--x"], ("R", 500), True),
     (["/bin/etcd", "--x"], ("S", 501), False),   # pid reused by a later process with the same command
     (["/bin/bash"], ("S", 500), False),          # pid reused by something else
-    (["/bin/etcd", "--x"], ("Z", 500), False),   # exited, not yet reaped
     (None, None, False),                         # gone
-    ([], ("S", 500), False),                     # kernel thread or zombie: no command line
+    ([], ("S", 500), True),                      # in the middle of exec or exit: pid and start time match
+    ([], ("S", 7), False),                       # a kernel thread that got the pid
 ])
 def test_record_matches(cmdline, stat, expected):
     assert procs.record_matches(record(), cmdline, stat) is expected
+
+
+def test_a_zombie_leader_with_live_threads_is_still_exiting():
+    # During exit_group the first thread can be a zombie while the others still hold files and sockets.
+    assert procs.record_matches(record(), [], ("Z", 500), threads=4) is True
+    assert procs.record_matches(record(), [], ("Z", 500), threads=1) is False
+    assert procs.record_matches(record(), [], ("Z", 499), threads=4) is False
 
 
 def test_record_json_round_trip():

@@ -76,6 +76,17 @@ class ServiceProcess:
     def log_records(self) -> list[dict]:
         return [json.loads(line) for line in self.log().splitlines() if line.strip()]
 
+    def wait_for_record(self, timeout: float = 5.0, **fields) -> dict:
+        """The last log record carrying `fields`, waiting for it: a request is logged just after it is answered."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [r for r in self.log_records() if all(r.get(k) == v for k, v in fields.items())]
+            if found:
+                return found[-1]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no log record with {fields} in:\n{self.log()}")
+            time.sleep(0.05)
+
     def terminate(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

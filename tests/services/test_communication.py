@@ -74,6 +74,7 @@ def test_a_timed_out_call_is_retried_then_fails_fast(shop, http):
     assert 0.9 <= elapsed < 2.5, elapsed
     assert impatient.metric("outbound_requests_total", target="inventory", outcome="timeout") == timeouts + 3
     assert impatient.metric("outbound_retries_total", target="inventory") == retries + 2
+    impatient.wait_for_record(msg="call failed", attempt=3)
     attempts = [r for r in impatient.log_records() if r.get("msg") == "call failed"]
     assert [r["attempt"] for r in attempts[-3:]] == [1, 2, 3]
 

@@ -1,4 +1,5 @@
 import hashlib
+import os
 import time
 
 import pytest
@@ -31,7 +32,7 @@ def test_present_and_intact_is_a_quick_no_op_without_network(kind_release, monke
     took = time.monotonic() - start
 
     assert again == first
-    assert len(lines) == 1 and lines[0].startswith("all 1 binaries already installed and verified")
+    assert len(lines) == 1 and lines[0].startswith("all 1 binaries already installed, unchanged since installed")
     assert len(kind_release.requests) == served
     assert took < 5
 
@@ -62,10 +63,38 @@ def test_only_missing_binaries_are_fetched(kind_release, platform_names):
     paths = install(["kind", "kwok"], method="download", progress=lines.append)
 
     assert set(paths) == {"kind", "kwok"} and binary("kwok") == paths["kwok"]
-    assert lines[0] == "1 of 2 binaries already installed and verified"
+    assert lines[0] == "1 of 2 binaries already installed"
     assert not any("kind" in r for r in kind_release.requests)
 
 
 def test_unknown_method_is_bad_usage(cache):
     with pytest.raises(UsageError, match="unknown install method 'fast'"):
         install(["kind"], method="fast")
+
+
+def test_an_edit_that_keeps_size_and_time_is_caught_by_verify(kind_release):
+    path = install(["kind"], method="download", progress=lambda _: None)["kind"]
+    before = path.stat()
+    with open(path, "r+b") as f:  # same inode, same size
+        f.write(b"#!/bin/bash")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    quick: list[str] = []
+    install(["kind"], method="download", progress=quick.append)
+    assert quick[0].startswith("all 1 binaries already installed, unchanged since installed")
+
+    verified: list[str] = []
+    install(["kind"], method="download", progress=verified.append, verify=True)
+    assert verified[0] == "kind v0.33.0 differs from its recorded sha256: installing it again"
+    assert path.read_text() == SCRIPT
+
+
+def test_a_touched_but_identical_binary_is_rehashed_once_and_kept(kind_release):
+    path = install(["kind"], method="download", progress=lambda _: None)["kind"]
+    os.utime(path, (1, 1))
+    lines: list[str] = []
+
+    install(["kind"], method="download", progress=lines.append)
+
+    assert lines[0].startswith("all 1 binaries already installed")
+    assert store.read_manifest("kind", "v0.33.0")["mtime_ns"] == 1_000_000_000

@@ -47,7 +47,7 @@ def test_missing_binary_names_itself_and_how_to_install(cache: Path):
 def test_place_writes_binary_and_manifest(cache: Path):
     path = put("kind", "#!/bin/sh\necho kind\n")
     assert binary("kind") == path
-    assert path.stat().st_mode & 0o111
+    assert path.stat().st_mode & 0o777 == 0o755 and path.parent.stat().st_mode & 0o777 == 0o755
     manifest = json.loads((path.parent / "manifest.json").read_text())
     assert manifest["sha256"] == store.sha256_file(path)
     assert manifest["size"] == len("#!/bin/sh\necho kind\n")

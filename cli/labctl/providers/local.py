@@ -378,7 +378,9 @@ class LocalProvider(SimProvider):
         def elapsed() -> str:
             return f"{time.monotonic() - started:.1f} s"
 
-        first = self._start_missing(CONTROL_PLANE + ("containerd",), argvs)
+        # The controller-manager gives up when the API server's RBAC is not ready within 10 s, which a busy
+        # machine exceeds: it and the scheduler start once the API server is ready.
+        first = self._start_missing(("etcd", "kube-apiserver", "containerd"), argvs)
         if first:
             progress(f"Starting {', '.join(first)} (logs in {self.dir})")
         node_images = images.node_images(Path(binaries["coredns"]))
@@ -396,6 +398,7 @@ class LocalProvider(SimProvider):
         if not procs.wait_for(client.readyz, remaining(), POLL, self._check_started):
             raise self._timeout("the API server to answer /readyz")
         progress(f"API server ready on {self.node_ip}:{ports['kube-apiserver']} after {elapsed()}")
+        self._start_missing(("kube-controller-manager", "kube-scheduler"), argvs)
         try:
             for manifest in addons.storage_manifests() + addons.coredns_manifests(
                     images.COREDNS_IMAGE, CLUSTER_DNS, DNS_DOMAIN):
@@ -499,7 +502,7 @@ class LocalProvider(SimProvider):
             "ipsets": cleanup.ipset_names(),
             "sysctls": host.read_sysctls(),
             "dirs": {d: Path(d).exists() for d in host.HOST_DIRS},
-            "cgroups": sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/k8s.io")),
+            "cgroups": host.cgroup_parents(),
         })
 
     def _clean_host(self, record: dict, state_dir: Path) -> list[str]:
@@ -526,9 +529,9 @@ class LocalProvider(SimProvider):
         self._remove_host_files(record, state_dir)
         failed = host.write_sysctls(host.sysctls_to_restore(record.get("sysctls") or {}, host.read_sysctls()))
         left += [f"kernel setting {name}" for name in failed]
-        for cgroup in Path("/sys/fs/cgroup").glob("*/k8s.io"):
-            if str(cgroup) not in (record.get("cgroups") or []):
-                _rmdir_tree(cgroup)
+        for cgroup in host.cgroup_parents():
+            if cgroup not in (record.get("cgroups") or []):
+                _rmdir_tree(Path(cgroup))
         return left
 
     def _remove_host_files(self, record: dict, state_dir: Path) -> None:
@@ -580,9 +583,12 @@ class LocalProvider(SimProvider):
         stopped = self.procs.stop(["kube-router", "local-path-provisioner", "buildkitd", "kube-proxy", "kubelet",
                                    "kube-controller-manager", "kube-scheduler"])
         if self.procs.running("containerd"):
-            left = self._ctr_or_none()
-            if left is not None:
-                left.remove_all_containers()
+            ctr = self._ctr_or_none()
+            if ctr is not None:
+                ctr.remove_all_containers()
+        # The API server's shutdown writes to etcd (its lease, the `kubernetes` endpoints): stopping both at
+        # once leaves it retrying until it is killed.
+        stopped += self.procs.stop(["kube-apiserver"])
         stopped += self.procs.stop()
         if stopped:
             progress(f"Stopped {', '.join(stopped)}")

@@ -99,28 +99,46 @@ def proc_rss_bytes(pid: int) -> int | None:
     return None
 
 
-def record_matches(record: ProcessRecord, cmdline: Sequence[str] | None, stat: tuple[str, int] | None) -> bool:
-    """Pure check: is the live process (its cmdline and stat) the one the pid file recorded?"""
-    if cmdline is None or stat is None:
+def proc_threads(pid: int) -> int:
+    """How many threads a process has (0 when it is gone), from /proc/<pid>/status."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return 0
+    return 0
+
+
+def record_matches(record: ProcessRecord, cmdline: Sequence[str] | None, stat: tuple[str, int] | None,
+                   threads: int = 1) -> bool:
+    """Pure check: is the live process (its cmdline, stat and thread count) the one the pid file recorded?
+
+    The pid and its start time identify a process (a pid is reused only after the counter wraps); the command
+    line guards against the rest. While a process exits, its first thread may already show as a zombie with
+    other threads still running, and its command line reads empty once its memory is released but not yet its
+    files and sockets: it still counts as running until it is a zombie alone.
+    """
+    if stat is None:
         return False
     state, start = stat
-    if state in ("Z", "X"):  # exited, only waiting to be reaped
+    if start != record.start_ticks or state == "X":
         return False
-    return list(cmdline) == list(record.argv) and start == record.start_ticks
-
-
-def _reap(pid: int) -> None:
-    child = _children.get(pid)
-    if child is not None and child.poll() is not None:
-        del _children[pid]
+    if state == "Z":
+        return threads > 1
+    return not cmdline or list(cmdline) == list(record.argv)
 
 
 def is_running(record: ProcessRecord) -> bool:
     """True when the recorded process is alive and is really the one recorded."""
-    alive = record_matches(record, proc_cmdline(record.pid), proc_stat(record.pid))
-    if not alive:
-        _reap(record.pid)  # our own child that exited stays a zombie until reaped
-    return alive
+    child = _children.get(record.pid)
+    if child is not None:  # our own child: waitpid is authoritative (and reaps it), /proc may lag behind
+        if child.poll() is not None:
+            del _children[record.pid]
+            return False
+        stat = proc_stat(record.pid)
+        return stat is not None and stat[1] == record.start_ticks
+    return record_matches(record, proc_cmdline(record.pid), proc_stat(record.pid), proc_threads(record.pid))
 
 
 # -- ports --------------------------------------------------------------------------------------------------

@@ -316,6 +316,10 @@ class SimProvider(Provider):
             ],
         }
         if "kwok" in self.components:
+            # Simulated nodes never fail, but on a busy machine kwok's lease renewals can fall behind the default
+            # grace period; the node controller would then mark every pod NotReady for good (kwok does not
+            # flip the condition back), and checks would report a healthy lab as broken.
+            argvs["kube-controller-manager"].append("--node-monitor-grace-period=10m")
             argvs["kwok"] = [
                 binaries["kwok"],
                 f"--kubeconfig={self._component_kubeconfig('kwok')}",

@@ -31,7 +31,10 @@ def toolbox() -> None:
               envvar="LABCTL_TOOLBOX_METHOD",
               help="auto: build from Go modules where Go and its module proxy answer, else download; build or "
                    "download: only that way [env: LABCTL_TOOLBOX_METHOD].")
-def install_command(names: tuple[str, ...], method: str) -> None:
+@click.option("--verify", is_flag=True,
+              help="Re-hash every installed binary against its recorded sha256 (otherwise only those whose size or "
+                   "modification time changed are re-hashed) and reinstall any that differ.")
+def install_command(names: tuple[str, ...], method: str, verify: bool) -> None:
     """Build or download what is missing; quick when everything is present.
 
     Without names, installs the group for this machine's providers (local on Linux, sim elsewhere).
@@ -39,7 +42,7 @@ def install_command(names: tuple[str, ...], method: str) -> None:
     """
     from labctl.toolbox import install
 
-    install(names or None, method=method, progress=click.echo)
+    install(names or None, method=method, progress=click.echo, verify=verify)
 
 
 @toolbox.command("list")

@@ -30,8 +30,8 @@ class GoBuild:
     copy: tuple[str, ...] = ()
     local_replace_version: str | None = None
     tags: tuple[str, ...] = ()
-    x: tuple[str, ...] = ()  # -X assignments ({version} is filled in)
-    kubernetes: bool = False  # add upstream's version stamps (needs the tag's commit date)
+    x: tuple[str, ...] = ()  # -X assignments; {version} and {date} (the tag's commit time) are filled in
+    kubernetes: bool = False  # add upstream's Kubernetes version stamps
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,8 @@ _LOCAL_PATH = GoBuild(key="local-path-provisioner", module="github.com/rancher/l
                       x=("main.VERSION={version}",))
 _KUBE_ROUTER = GoBuild(key="kube-router", module="github.com/cloudnativelabs/kube-router/v2", version="v2.1.0",
                        packages={"kube-router": "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router"},
-                       x=("github.com/cloudnativelabs/kube-router/v2/pkg/version.Version={version}",))
+                       x=("github.com/cloudnativelabs/kube-router/v2/pkg/version.Version={version}",
+                          "github.com/cloudnativelabs/kube-router/v2/pkg/version.BuildDate={date}"))
 _TRAEFIK = GoBuild(key="traefik", module="github.com/traefik/traefik/v3", version="v3.6.12",
                    packages={"traefik": "github.com/traefik/traefik/v3/cmd/traefik"},
                    style="wrapper", copy=("replace", "exclude"),
@@ -118,7 +119,8 @@ JAEGER_V2 = "v2.13.0"
 _JAEGER = GoBuild(key="jaeger", module="github.com/jaegertracing/jaeger", version="v1.76.0",
                   packages={"jaeger": "github.com/jaegertracing/jaeger/cmd/jaeger"},
                   style="wrapper", copy=("replace",),
-                  x=(f"github.com/jaegertracing/jaeger/internal/version.latestVersion={JAEGER_V2}",))
+                  x=(f"github.com/jaegertracing/jaeger/internal/version.latestVersion={JAEGER_V2}",
+                     "github.com/jaegertracing/jaeger/internal/version.date={date}"))
 _NATS = GoBuild(key="nats-server", module="github.com/nats-io/nats-server/v2", version="v2.15.3",
                 packages={"nats-server": "github.com/nats-io/nats-server/v2"})
 

@@ -152,10 +152,11 @@ def _prepare_wrapper(spec: GoBuild, info: dict, log: Path, what: str) -> Path:
 
 
 def build_command(spec: GoBuild, out: Path, build_date: str | None = None) -> list[str]:
-    """The one go command that builds every binary of `spec` into the directory `out`."""
-    assignments = [f"-X {a.format(version=spec.version)}" for a in spec.x]
+    """The one go command that builds every binary of `spec` into the directory `out` (build_date: the tag's)."""
+    date = build_date or "1970-01-01T00:00:00Z"
+    assignments = [f"-X {a.format(version=spec.version, date=date)}" for a in spec.x]
     if spec.kubernetes:
-        assignments += gomod.kubernetes_ldflags(spec.version, build_date or "1970-01-01T00:00:00Z")
+        assignments += gomod.kubernetes_ldflags(spec.version, date)
     flags = ["-trimpath", "-ldflags", gomod.ldflags(assignments)]
     if spec.tags:
         flags += ["-tags", ",".join(spec.tags)]
@@ -185,7 +186,7 @@ def build(
     # Only the requested binaries are built, but a wrapper lists every tool so that its go.sum covers them all.
     wanted = {c.name for c in comps}
     subset = dataclasses.replace(spec, packages={k: v for k, v in spec.packages.items() if k in wanted})
-    cmd = build_command(subset, out, _commit_date(info) if spec.kubernetes else None)
+    cmd = build_command(subset, out, _commit_date(info))
     if spec.style == "wrapper":
         _run(cmd, _prepare_wrapper(spec, info, log, what), log, what)
     else:

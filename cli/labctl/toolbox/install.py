@@ -86,12 +86,14 @@ def install(
     *,
     method: str = "auto",
     progress: Callable[[str], None] = print,
+    verify: bool = False,
 ) -> dict[str, Path]:
     """Make the named binaries (or groups; default: the default group) present and verified; return name -> path.
 
-    Binaries already installed are re-hashed against their manifest and left alone when intact. The rest are
-    built from Go modules or downloaded and checked against the published sha256 (method "auto" builds where
-    Go and the module proxy answer), then each must report its pinned version before it is moved into place.
+    Binaries already installed are left alone when intact: their size, modification time and inode are the
+    ones their manifest recorded, or else (and always with verify=True) their sha256 still matches it. The rest
+    are built from Go modules or downloaded and checked against the published sha256 (method "auto" builds
+    where Go and the module proxy answer), and each must report its pinned version before it is moved into place.
     """
     if method not in METHODS:
         raise UsageError(f"unknown install method {method!r}", hint=f"one of: {', '.join(METHODS)}")
@@ -99,18 +101,19 @@ def install(
     start = time.monotonic()
     with store.locked():
         store.clean_leftovers()
-        intact = store.verify_installed(comps)
+        intact = store.verify_installed(comps, rehash=verify)
         for comp in comps:
             if not intact[comp.name] and store.read_manifest(comp.name, comp.version):
                 progress(f"{comp.name} {comp.version} differs from its recorded sha256: installing it again")
         missing = [c for c in comps if not intact[c.name]]
         result = {c.name: store.binary_path(c.name, c.version) for c in comps}
         if not missing:
-            progress(f"all {len(comps)} binaries already installed and verified "
+            how = "sha256 verified" if verify else "unchanged since installed"
+            progress(f"all {len(comps)} binaries already installed, {how} "
                      f"({store.elapsed(time.monotonic() - start)})")
             return result
         if len(missing) < len(comps):
-            progress(f"{len(comps) - len(missing)} of {len(comps)} binaries already installed and verified")
+            progress(f"{len(comps) - len(missing)} of {len(comps)} binaries already installed")
 
         from labctl.toolbox import download, gobuild
 

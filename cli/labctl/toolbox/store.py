@@ -75,16 +75,40 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def verify_installed(comps: list[Component]) -> dict[str, bool]:
-    """Re-hash installed binaries against their manifests: name -> intact (in parallel: hashlib frees the GIL)."""
+def fingerprint(path: Path) -> dict[str, int]:
+    """What changes when a file is rewritten or replaced: size, modification time, inode."""
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+
+
+def _write_manifest(directory: Path, manifest: dict) -> None:
+    tmp = directory / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, directory / MANIFEST)
+
+
+def verify_installed(comps: list[Component], *, rehash: bool = False) -> dict[str, bool]:
+    """Check installed binaries against their manifests: name -> intact.
+
+    A binary whose size, modification time and inode are the recorded ones is intact without reading it;
+    any other (or every one, with rehash) is re-hashed against the recorded sha256, and a match records the
+    new fingerprint. Hashing runs in parallel: hashlib releases the GIL.
+    """
 
     def check(comp: Component) -> bool:
         manifest = read_manifest(comp.name, comp.version)
         path = binary_path(comp.name, comp.version)
-        if not manifest or not path.is_file():
-            return False
         try:
-            return sha256_file(path) == manifest.get("sha256")
+            if not manifest or not path.is_file():
+                return False
+            seen = fingerprint(path)
+            if not rehash and all(manifest.get(k) == v for k, v in seen.items()):
+                return True
+            if sha256_file(path) != manifest.get("sha256"):
+                return False
+            if any(manifest.get(k) != v for k, v in seen.items()):
+                _write_manifest(path.parent, {**manifest, **seen})
+            return True
         except OSError:
             return False
 
@@ -123,6 +147,7 @@ def place(comp: Component, staged: Path, how: str, source: str) -> Path:
     """Move a verified binary into its versioned directory with its manifest, atomically; return its path."""
     final = component_dir(comp.name, comp.version)
     tmp = Path(tempfile.mkdtemp(dir=root(), prefix=f".{comp.name}-{comp.version}."))
+    tmp.chmod(0o755)  # mkdtemp makes it private; binaries are for every user of the machine (sudo runs, images)
     try:
         target = tmp / comp.name
         os.replace(staged, target)
@@ -131,12 +156,12 @@ def place(comp: Component, staged: Path, how: str, source: str) -> Path:
             "name": comp.name,
             "version": comp.version,
             "sha256": sha256_file(target),
-            "size": target.stat().st_size,
+            **fingerprint(target),
             "how": how,
             "source": source,
             "installed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        _write_manifest(tmp, manifest)
         if final.exists():
             # A directory cannot be renamed over a non-empty one: move the old one aside first.
             old = Path(tempfile.mkdtemp(dir=root(), prefix=f".{comp.name}-{comp.version}.old."))

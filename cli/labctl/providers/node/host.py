@@ -31,8 +31,16 @@ SYSCTLS = (
 # Folders outside the state directory that the node's components create when missing; `down` removes the
 # ones that did not exist before, once they are empty.
 HOST_DIRS = (
-    "/run/containerd/s", "/run/containerd", "/var/lib/cni/results", "/var/lib/cni", "/var/log/containers",
+    "/run/containerd/s", "/run/containerd/fifo", "/run/containerd/runc", "/run/containerd",
+    "/var/lib/cni/results", "/var/lib/cni", "/var/log/containers",
 )
+# cgroup folders (under each controller) that containerd's CRI and BuildKit create for their containers.
+CGROUP_PARENTS = ("k8s.io", "buildkit")
+
+
+def cgroup_parents() -> list[str]:
+    """The CRI's and BuildKit's cgroup folders that exist now, under every controller."""
+    return sorted(str(p) for name in CGROUP_PARENTS for p in Path("/sys/fs/cgroup").glob(f"*/{name}"))
 
 # Programs that mean another Kubernetes node runs on this machine.
 _NODE_PROGRAMS = {"kubelet", "kube-proxy", "k3s", "k3s-server", "k3s-agent", "k0s", "rke2", "kube-router",

@@ -21,6 +21,8 @@ def config(kubeconfig: Path, node_name: str, cluster_cidr: str, healthz_port: in
         "healthzBindAddress": f"127.0.0.1:{healthz_port}",
         "metricsBindAddress": f"127.0.0.1:{metrics_port}",
         "oomScoreAdj": 0,
+        # NodePorts on the node IP only, not on every address of the machine.
+        "nodePortAddresses": ["primary"],
         "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
         "iptables": {"masqueradeAll": False, "syncPeriod": "30s", "minSyncPeriod": "1s"},
     }

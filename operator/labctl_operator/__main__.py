@@ -1,0 +1,3 @@
+from labctl_operator.main import main
+
+main()

@@ -54,23 +54,10 @@ def apply_objects(client: Client, objects: list[dict], *, origin: str) -> list[d
 
 
 def _workload_ready(obj: dict) -> tuple[bool, str]:
-    kind, name = obj.get("kind"), obj["metadata"]["name"]
-    spec, status = obj.get("spec") or {}, obj.get("status") or {}
-    fresh = status.get("observedGeneration", 0) >= obj["metadata"].get("generation", 0)
-    if kind == "Deployment":
-        want, have = spec.get("replicas", 1), status.get("availableReplicas", 0)
-        updated = status.get("updatedReplicas", 0)
-        return fresh and have >= want and updated >= want, f"Deployment {name}: {have}/{want} available"
-    if kind == "StatefulSet":
-        want, have = spec.get("replicas", 1), status.get("readyReplicas", 0)
-        return fresh and have >= want, f"StatefulSet {name}: {have}/{want} ready"
-    if kind == "DaemonSet":
-        want, have = status.get("desiredNumberScheduled", 0), status.get("numberReady", 0)
-        return fresh and want > 0 and have >= want, f"DaemonSet {name}: {have}/{want} ready"
-    if kind == "Job":
-        done = any(c.get("type") == "Complete" and c.get("status") == "True" for c in status.get("conditions") or [])
-        return done, f"Job {name}: not complete"
-    return True, ""
+    from labctl.checks import workload_ready
+
+    result = workload_ready(obj)
+    return bool(result.passed), result.reason
 
 
 WAITABLE = ("Deployment", "StatefulSet", "DaemonSet", "Job")
@@ -212,4 +199,47 @@ def empty_namespace(client: Client, namespace: str, kinds: list[tuple[str, str]]
                 break
             if time.monotonic() > deadline:
                 raise LabError(f"{kind} {left[0]['metadata']['name']} in {namespace} is still being deleted after {timeout:.0f}s")
+            time.sleep(0.2)
+
+
+# Cluster-wide infrastructure several labs share (DECISIONS: removed only when no started lab uses it): never
+# deleted by one lab's reset.
+SHARED_CLUSTER_KINDS = frozenset({"CustomResourceDefinition", "StorageClass", "GatewayClass", "Namespace"})
+
+
+def delete_cluster_scoped(client: Client, objects: list[dict]) -> list[str]:
+    """Delete the cluster-scoped objects among a lab's own files (a ClusterRoleBinding, say), not shared ones."""
+    deleted = []
+    for obj in objects:
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        if kind in SHARED_CLUSTER_KINDS or client.namespaced(obj["apiVersion"], kind):
+            continue
+        current = client.get(obj["apiVersion"], kind, name)
+        labels = ((current or {}).get("metadata") or {}).get("labels") or {}
+        if current and labels.get("app.kubernetes.io/managed-by") == "labctl":
+            client.delete(obj["apiVersion"], kind, name)
+            deleted.append(f"{kind} {name}")
+    return deleted
+
+
+def wait_endpoints(client: Client, objects: list[dict], *, timeout: float = 15) -> None:
+    """Let each Service's EndpointSlices catch up with its ready pods (they trail pod readiness slightly)."""
+    deadline = time.monotonic() + timeout
+    for svc in objects:
+        selector = (svc.get("spec") or {}).get("selector")
+        if svc.get("kind") != "Service" or not selector:
+            continue
+        ns, name = svc["metadata"].get("namespace"), svc["metadata"]["name"]
+        label_selector = ",".join(f"{k}={v}" for k, v in selector.items())
+        while time.monotonic() < deadline:
+            pods, _ = client.list("v1", "Pod", ns, label_selector=label_selector)
+            ready_ips = {p.get("status", {}).get("podIP") for p in pods
+                         if any(c.get("type") == "Ready" and c.get("status") == "True"
+                                for c in p.get("status", {}).get("conditions") or [])}
+            slices, _ = client.list("discovery.k8s.io/v1", "EndpointSlice", ns,
+                                    label_selector=f"kubernetes.io/service-name={name}")
+            listed = {addr for s in slices for e in s.get("endpoints") or []
+                      if (e.get("conditions") or {}).get("ready") for addr in e.get("addresses") or []}
+            if ready_ips <= listed:
+                break
             time.sleep(0.2)

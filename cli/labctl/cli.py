@@ -437,6 +437,7 @@ def solve(lab: str | None, yes: bool, timeout: int, context: str | None) -> None
     apply.apply_objects(client, objects, origin=f"labs/{chosen.path.name}/solution")
     _progress(f"applied {len(objects)} objects; waiting for workloads to be ready")
     apply.wait_ready(client, objects, timeout=timeout)
+    apply.wait_endpoints(client, objects)
     click.echo(f"Solution of lab {chosen.number} applied. Run `labctl check` to see every check pass.")
 
 
@@ -461,6 +462,8 @@ def reset(lab: str | None, yes: bool, context: str | None) -> None:
     if saved:
         click.echo(f"saved your objects to {saved}")
     apply.empty_namespace(client, chosen.namespace, kinds)
+    for gone in apply.delete_cluster_scoped(client, solution_objects):
+        click.echo(f"deleted {gone} (created by this lab)")
     apply.ensure_namespace(client, chosen.namespace, slug=chosen.slug, pod_security=chosen.pod_security)
     apply.apply_objects(client, start_objects, origin=f"labs/{chosen.path.name}")
     record = st.lab(chosen.slug)

@@ -310,7 +310,9 @@ class StallingProxy:
         self.pairs: list[tuple[socket.socket, socket.socket]] = []
         self.frozen: set[int] = set()
         self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.lock = threading.Lock()
+        self.threads: list[threading.Thread] = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
 
     def _accept(self) -> None:
         while not self.closed:
@@ -319,8 +321,15 @@ class StallingProxy:
             except OSError:
                 return
             upstream = socket.create_connection(self.target)
-            self.pairs.append((client, upstream))
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+            with self.lock:
+                if self.closed:
+                    client.close()
+                    upstream.close()
+                    return
+                self.pairs.append((client, upstream))
+            thread = threading.Thread(target=self._pump, args=(client, upstream), daemon=True)
+            self.threads.append(thread)
+            thread.start()
 
     def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
         peers = {client: upstream, upstream: client}
@@ -335,8 +344,11 @@ class StallingProxy:
                     if not data:
                         return
                     peers[sock].sendall(data)
-        except OSError:
+        except (OSError, ValueError):
             return
+        finally:
+            client.close()
+            upstream.close()
 
     def freeze(self) -> int:
         """Silence every connection open now; new ones work. Returns how many were frozen."""
@@ -345,8 +357,11 @@ class StallingProxy:
         return len(self.frozen)
 
     def close(self) -> None:
-        self.closed = True
+        with self.lock:
+            self.closed = True
         self.listener.close()
+        for thread in self.threads:
+            thread.join(timeout=5)
         for pair in self.pairs:
             for sock in pair:
                 sock.close()

@@ -4,7 +4,7 @@ Nothing here talks to a cluster: fetching, waiting and sending requests live els
 plain dicts (and, for `http` checks, the response).
 """
 
-from labctl.checks.evaluate import evaluate, fetch_keys
+from labctl.checks.evaluate import evaluate, fetch_keys, workload_ready
 from labctl.checks.http import describe_request, evaluate_http
 from labctl.checks.matching import match_subset
 from labctl.checks.model import (
@@ -28,4 +28,5 @@ __all__ = [
     "fetch_keys",
     "match_subset",
     "needs_running",
+    "workload_ready",
 ]

@@ -259,6 +259,21 @@ def _ready(spec: Mapping[str, Any], objects: Objects, namespace: str) -> Result:
     return Result(False, f"{label}: a ready check reads a Deployment, StatefulSet, DaemonSet or Job")
 
 
+def workload_ready(obj: Mapping[str, Any]) -> Result:
+    """Readiness of one Deployment, StatefulSet, DaemonSet or Job, judged as the `ready` check judges it."""
+    kind = obj.get("kind")
+    label = f"{kind} {get(obj, 'metadata', 'name')}"
+    if kind == "Job":
+        return _job_done(obj, label, None)
+    stale = _stale(obj, label)
+    if stale:
+        return stale
+    judge = {"Deployment": _deployment_ready, "StatefulSet": _statefulset_ready, "DaemonSet": _daemonset_ready}
+    if kind not in judge:
+        return Result(True, f"{label}: nothing to wait for")
+    return judge[kind](obj, label, None)
+
+
 def _stale(obj: Mapping[str, Any], label: str) -> Result | None:
     # Until the controller has observed the latest generation, its status describes an older spec.
     generation = as_int(get(obj, "metadata", "generation"), None)

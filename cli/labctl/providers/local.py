@@ -303,6 +303,11 @@ class LocalProvider(SimProvider):
     def _up(self, progress: Progress) -> None:
         started = time.monotonic()
         binaries = self._preflight()
+        # Two labctl runs (two state dirs, two test sessions) must not both decide the node is theirs to start.
+        with procs.exclusive(host.lock_path(), "the machine's local node", progress):
+            self._up_locked(binaries, started, progress)
+
+    def _up_locked(self, binaries: dict[str, str], started: float, progress: Progress) -> None:
         self.procs.clean_stale()
         running = [n for n in COMPONENTS if self.procs.running(n)]
         if len(running) == len(COMPONENTS) and self._api_ready():
@@ -570,7 +575,8 @@ class LocalProvider(SimProvider):
             if problem:
                 raise ProviderError(f"`down` of the local cluster needs root as `up` did: {problem}",
                                     hint="run it with sudo")
-            self._teardown(progress, keep_state=False)
+            with procs.exclusive(host.lock_path(), "the machine's local node", progress):
+                self._teardown(progress, keep_state=False)
         path, removed = kubeconfig.remove_from_user(CONTEXT, self.user_kubeconfig)
         if removed:
             progress(f"Removed context {CONTEXT} from {path}")
@@ -578,9 +584,10 @@ class LocalProvider(SimProvider):
 
     def _teardown(self, progress: Progress, *, keep_state: bool) -> None:
         """Stop pods, then every process, then remove from the host what the node added."""
+        stopped = []
         if self.procs.running("kubelet") and self.procs.running("kube-apiserver"):
-            self._drain(progress)
-        stopped = self.procs.stop(["kube-router", "local-path-provisioner", "buildkitd", "kube-proxy", "kubelet",
+            stopped += self._drain(progress)
+        stopped += self.procs.stop(["kube-router", "local-path-provisioner", "buildkitd", "kube-proxy", "kubelet",
                                    "kube-controller-manager", "kube-scheduler"])
         if self.procs.running("containerd"):
             ctr = self._ctr_or_none()
@@ -617,17 +624,19 @@ class LocalProvider(SimProvider):
         ctr = self._toolbox_or_none("ctr")
         return containerd.Ctr(ctr, self.containerd_address) if ctr else None
 
-    def _drain(self, progress: Progress) -> None:
-        """Delete every pod so the kubelet stops their sandboxes (CNI teardown included) while it still runs."""
+    def _drain(self, progress: Progress) -> list[str]:
+        """Delete every pod so the kubelet stops their sandboxes (CNI teardown included) while it still runs.
+
+        Returns the components it stopped first: without the controllers nothing recreates the pods.
+        """
         from labctl.kube.client import ApiError
 
-        # Without the controllers nothing recreates the pods being deleted.
-        self.procs.stop(["kube-controller-manager", "kube-scheduler", "local-path-provisioner"])
+        stopped = self.procs.stop(["kube-controller-manager", "kube-scheduler", "local-path-provisioner"])
         try:
             client = self._client()
             pods, _ = client.list("v1", "Pod")
             if not pods:
-                return
+                return stopped
             progress(f"Deleting {len(pods)} pods so their sandboxes stop")
             body = json.dumps({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 1}).encode()
             for pod in pods:
@@ -642,6 +651,7 @@ class LocalProvider(SimProvider):
                 progress("Some pods did not stop in time: removing their containers directly")
         except (LabError, ApiError):
             progress("The API server did not answer: removing the pods' containers directly")
+        return stopped
 
     def _kill_strays(self) -> None:
         """Kill container shims and container processes of this node that outlived containerd."""

@@ -39,6 +39,10 @@ def install_command(names: tuple[str, ...], method: str, verify: bool) -> None:
 
     Without names, installs the group for this machine's providers (local on Linux, sim elsewhere).
     Groups are sim, local, gateway, extras and all; see `labctl toolbox list` for every binary.
+
+    Downloads come from dl.k8s.io, github.com and get.helm.sh, or from a mirror laid out by host
+    (LABCTL_TOOLBOX_MIRROR=URL serves URL/dl.k8s.io/..., URL/github.com/...), or per source from
+    LABCTL_K8S_URL, LABCTL_GITHUB_URL, LABCTL_GITHUB_API_URL and LABCTL_HELM_URL.
     """
     from labctl.toolbox import install
 

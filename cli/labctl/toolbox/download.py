@@ -108,6 +108,7 @@ def _open(url: str):
 
 def _failure(what: str, url: str, e: Exception) -> ToolboxError:
     if isinstance(e, urllib.error.HTTPError):
+        e.close()  # it holds the response's socket
         reason = f"HTTP {e.code}"
     elif isinstance(e, urllib.error.URLError):
         reason = str(e.reason)

@@ -62,6 +62,7 @@ def module_reachable(module: str, version: str, env: dict[str, str] | None = Non
             with urllib.request.urlopen(f"{entry.rstrip('/')}/{escaped}/@v/{version}.info", timeout=timeout):
                 return True
         except urllib.error.HTTPError as e:
+            e.close()
             # As Go does: "not found" always moves on to the next entry, other errors only after a "|".
             if e.code not in (404, 410) and not fallback_on_any_error:
                 return False

@@ -20,6 +20,16 @@ from typing import Iterable, Mapping
 
 RECORD = Path("/run/labctl/local.json")
 
+
+def lock_path() -> Path:
+    """The machine-wide lock every `up` and `down` of a local node holds: one node per machine at a time.
+
+    It stays in /run/lock (like other programs' lock files), since deleting a lock file others may be waiting
+    on would let two of them hold it at once.
+    """
+    base = Path("/run/lock")
+    return (base if base.is_dir() else Path("/run")) / "labctl-local.lock"
+
 # Kernel settings the kubelet, kube-proxy, kube-router and the CNI bridge plugin change; restored by `down`.
 SYSCTLS = (
     "vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",

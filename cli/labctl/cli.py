@@ -493,30 +493,33 @@ def render(lab: str, solution: bool) -> None:
 # -- the cluster ------------------------------------------------------------------------------------------------
 
 def _up(st, provider_name: str | None, context: str | None, ports: list[str]):
-    from labctl.providers import default_provider_name, get_provider
+    from labctl.providers import OWN_CONTEXT_PROVIDERS, default_provider_name, get_provider
 
+    if provider_name is None and context:
+        # a context labctl made means its provider; any other context is a cluster someone else made
+        provider_name = OWN_CONTEXT_PROVIDERS.get(context, "existing")
     name = provider_name or default_provider_name()
-    if name == "existing" and not context:
-        raise UsageError("the existing provider acts on a context you name", hint="add --context NAME")
-    kwargs: dict[str, Any] = {"context": context} if context else {}
-    if ports:
-        kwargs["ports"] = ports
-    provider = get_provider(name, **kwargs)
-    _progress(f"bringing up a {name} cluster" + (f" on context {context}" if context else ""))
+    provider = get_provider(name, context if name == "existing" else None, ports=ports)
+    started = time.monotonic()
+    _progress(f"bringing up a {name} cluster" + (f" on context {context}" if name == "existing" else ""))
     provider.up(progress=_progress)
     st.cluster = {"provider": provider.name, "context": provider.context,
                   "kubeconfig": str(provider.kubeconfig_path)}
     st.save()
+    note = "" if provider.pods_run else " — pods are simulated: behaviour checks are reported as not verifiable"
+    click.echo(f"Cluster ready in {time.monotonic() - started:.1f} s: provider {provider.name}, "
+               f"context {provider.context}{note}")
     return provider
 
 
 @main.command()
-@click.option("--provider", type=click.Choice(["kind", "local", "sim", "existing"]),
-              help="kind (Docker), local (a real node; Linux, root), sim (simulated nodes) or existing "
-                   "[default: kind, else local, else sim].")
+@click.option("--provider", type=click.Choice(["kind", "local", "sim", "existing"]), envvar="LABCTL_PROVIDER",
+              help="kind (Docker), local (a real node; Linux, root), sim (simulated nodes) or existing (a context "
+                   "you name) [default: kind, else local, else sim; env: LABCTL_PROVIDER].")
 @context_option
 @click.option("--ports", multiple=True, metavar="HOST:NODE",
-              help="kind only: map a host port to a node port (for the gateway lab), e.g. 8080:80. Repeatable.")
+              help="kind only: map a host port to a node port (for the gateway lab), e.g. 8080:80. Repeatable or "
+                   "comma-separated. Default: none.")
 def up(provider: str | None, context: str | None, ports: tuple[str, ...]) -> None:
     """Bring up a lab cluster (a no-op when it is already up)."""
     st = _state()
@@ -524,87 +527,91 @@ def up(provider: str | None, context: str | None, ports: tuple[str, ...]) -> Non
     if recorded and provider and recorded.get("provider") != provider:
         raise UsageError(f"a {recorded['provider']} cluster is already up (context {recorded['context']})",
                          hint=f"`labctl down` first, then `labctl up --provider {provider}`")
-    provider = provider or recorded.get("provider")
-    if provider == "existing":
-        context = context or recorded.get("context")
-    p = _up(st, provider, context, list(ports))
-    click.echo(f"Cluster ready: provider {p.name}, context {p.context}, kubeconfig {p.kubeconfig_path}")
+    if not provider and not context and recorded:
+        provider = recorded.get("provider")
+        context = recorded.get("context") if provider == "existing" else None
+    _up(st, provider, context, [p.strip() for v in ports for p in v.split(",") if p.strip()])
     click.echo("Next: `labctl list`, then `labctl start <lab>`.")
 
 
 @main.command()
-@yes_option
-def down(yes: bool) -> None:
-    """Stop the lab cluster and remove what it created (lab namespaces go with it)."""
-    from labctl.providers import get_provider
+@context_option
+def down(context: str | None) -> None:
+    """Stop the lab cluster and remove what it created (lab namespaces go with it).
+
+    A cluster named with --context that labctl did not create is left as it is.
+    """
+    from labctl.providers import OWN_CONTEXT_PROVIDERS, get_provider
 
     st = _state()
-    if not st.cluster:
-        click.echo("No labctl cluster is up.")
-        return
-    provider = get_provider(st.cluster["provider"], **({"context": st.cluster["context"]}
-                                                       if st.cluster["provider"] == "existing" else {}))
+    recorded = st.cluster or {}
+    if context:
+        name = OWN_CONTEXT_PROVIDERS.get(context, "existing")
+        provider = get_provider(name, context if name == "existing" else None)
+    elif recorded:
+        provider = get_provider(recorded["provider"], recorded["context"] if recorded["provider"] == "existing" else None)
+    else:
+        # the progress file may be gone while processes still run: look for labctl's own local clusters
+        running = [p for p in (get_provider("sim"), _local_provider()) if p is not None and p.is_up()]
+        if not running:
+            click.echo("No labctl cluster is up.")
+            return
+        provider = running[0]
     provider.down(progress=_progress)
-    st.cluster = None
-    st.save()
-    click.echo(f"Cluster {provider.context} is down.")
+    if recorded.get("context") == provider.context:
+        st.cluster = None
+        st.save()
+    if provider.name != "existing":
+        click.echo(f"Cluster {provider.context} is down.")
+
+
+def _local_provider():
+    from labctl.providers import get_provider, local_available
+
+    if not local_available():
+        return None
+    try:
+        return get_provider("local")
+    except LabError:
+        return None
 
 
 @main.command()
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Output format.")
 def status(output: str) -> None:
-    """The cluster (provider, context, each component's health), the current lab and progress."""
+    """The cluster (provider, context, each component's health), the current lab and progress.
+
+    Exits 3 when a cluster is recorded but its API server does not answer.
+    """
     from labctl.providers import get_provider
+    from labctl.providers.display import format_status, status_json
 
     st = _state()
-    info: dict[str, Any] = {"cluster": None, "current_lab": st.current_lab, "progress": None}
+    cluster_status = None
     if st.cluster:
-        provider = get_provider(st.cluster["provider"], **({"context": st.cluster["context"]}
-                                                           if st.cluster["provider"] == "existing" else {}))
-        s = provider.status()
-        info["cluster"] = {"provider": provider.name, "context": provider.context,
-                           "kubeconfig": str(provider.kubeconfig_path), "status": _as_dict(s)}
+        provider = get_provider(st.cluster["provider"], st.cluster["context"]
+                                if st.cluster["provider"] == "existing" else None)
+        cluster_status = provider.status()
+    record = st.data.get("labs", {}).get(st.current_lab, {}) if st.current_lab else {}
+    progress = None
     if st.current_lab:
-        record = st.data.get("labs", {}).get(st.current_lab, {})
-        info["progress"] = {"passed": len(record.get("passed", [])), "hint_levels": record.get("hint_levels", {}),
-                            "completed_at": record.get("completed_at"),
-                            "declared_complete_at": record.get("declared_complete_at")}
+        progress = {"lab": st.current_lab, "passed": len(record.get("passed", [])),
+                    "hint_levels": record.get("hint_levels", {}), "completed_at": record.get("completed_at"),
+                    "declared_complete_at": record.get("declared_complete_at")}
     if output == "json":
-        click.echo(json.dumps(info, indent=2, default=str))
-        return
-    if not info["cluster"]:
-        click.echo("Cluster:  none — `labctl up` brings one up")
+        click.echo(json.dumps({"cluster": status_json(cluster_status) if cluster_status else None,
+                               "progress": progress}, indent=2))
     else:
-        c = info["cluster"]
-        click.echo(f"Cluster:  {c['provider']} (context {c['context']})")
-        click.echo(_status_text(c["status"]))
-    if st.current_lab:
-        p = info["progress"]
-        done = " — done" if p["completed_at"] else (" — declared state done" if p["declared_complete_at"] else "")
-        click.echo(f"Lab:      {st.current_lab}: {p['passed']} checks passing at the last check{done}")
-    else:
-        click.echo("Lab:      none started — `labctl list`")
-
-
-def _as_dict(obj: Any) -> Any:
-    import dataclasses
-
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.asdict(obj)
-    return obj
-
-
-def _status_text(s: Any) -> str:
-    lines = []
-    if isinstance(s, dict):
-        for comp in s.get("components", []) or []:
-            ok = comp.get("healthy", comp.get("ok"))
-            mark = click.style("✓", fg="green") if ok else click.style("✗", fg="red")
-            lines.append(f"  {mark} {comp.get('name')}: {comp.get('detail', '')}")
-        if "message" in s and s["message"]:
-            lines.append(f"  {s['message']}")
-    return "\n".join(lines)
+        click.echo(format_status(cluster_status) if cluster_status else "Cluster: none — `labctl up` brings one up")
+        if progress:
+            done = (" — done" if progress["completed_at"]
+                    else " — declared state done" if progress["declared_complete_at"] else "")
+            click.echo(f"Lab: {st.current_lab}: {progress['passed']} checks passing at the last check{done}")
+        else:
+            click.echo("Lab: none started — `labctl list`")
+    if cluster_status is not None and not cluster_status.api_reachable:
+        sys.exit(errors.EXIT_UNREACHABLE)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False,

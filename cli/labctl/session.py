@@ -16,7 +16,7 @@ import yaml
 from labctl.errors import ClusterUnreachable, ContextRefused
 from labctl.state import State
 
-OWN_CONTEXTS = {"labctl-sim": "sim", "labctl-local": "local", "kind-labctl": "kind"}
+from labctl.providers import OWN_CONTEXT_PROVIDERS as OWN_CONTEXTS
 
 
 @dataclass(frozen=True)

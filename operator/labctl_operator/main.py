@@ -99,6 +99,7 @@ def run(options: Options) -> None:
         asyncio.run(_serve(options, api, reconciler, lambda stop: handlers.build_registry(reconciler, login, stop),
                            settings))
     finally:
+        reconciler.close()
         api.close()
 
 

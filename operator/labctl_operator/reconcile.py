@@ -9,8 +9,10 @@ running it twice, or again after a crash half-way, creates nothing twice.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -29,34 +31,83 @@ class Result:
     skipped: str | None = None
 
 
+class EventPoster:
+    """Posts Kubernetes Events from a background thread, so an Event never delays the reconcile it reports."""
+
+    def __init__(self, api: kube.Api) -> None:
+        self.api = api
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="event-poster", daemon=True)
+        self._thread.start()
+
+    def post(self, ms: dict, kind: str, reason: str, message: str) -> None:
+        self._queue.put((ms, kind, reason, message))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            ms, kind, reason, message = item
+            try:
+                self.api.post_event(ms, kind, reason, message)
+            except kube.ApiFailure as e:  # an Event is a courtesy: the reconcile itself has succeeded
+                log.warning("could not post event %s for %s: %s", reason, ms["metadata"]["name"], e)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Post what is queued (for up to `timeout` seconds), then stop."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+
 class Reconciler:
     """Reconciles Microservices through `api`; safe to call from several threads at once."""
 
     def __init__(self, api: kube.Api, *, now: Callable[[], str] = kube.now) -> None:
         self.api = api
         self.now = now
+        self.events = EventPoster(api)
+        self._reads = ThreadPoolExecutor(max_workers=12, thread_name_prefix="read")
         self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
-        self._locks_guard = threading.Lock()
+        self._waiting: set[tuple[str, str]] = set()
+        self._guard = threading.Lock()
 
-    def _lock(self, namespace: str, name: str) -> threading.Lock:
-        # One reconcile per object at a time: a child's event and the Microservice's own change may arrive
-        # together, and two interleaved status writes would each undo part of the other.
-        with self._locks_guard:
-            return self._locks[(namespace, name)]
+    def close(self) -> None:
+        self.events.close()
+        self._reads.shutdown(wait=False)
 
     def reconcile(self, namespace: str, name: str) -> Result:
-        """Bring Microservice namespace/name and its children in line; TransientError when the API failed."""
-        with self._lock(namespace, name):
+        """Bring Microservice namespace/name and its children in line; TransientError when the API failed.
+
+        One reconcile per object at a time: a child's event and the Microservice's own change may arrive
+        together, and two interleaved status writes would each undo part of the other. A request for an object
+        that already has one waiting to run is dropped: the waiting one reads the state after it anyway (a
+        rollout's burst of Deployment updates costs one or two reconciles, not one each).
+        """
+        key = (namespace, name)
+        with self._guard:
+            if key in self._waiting:
+                return Result(skipped="coalesced")
+            self._waiting.add(key)
+            lock = self._locks[key]
+        with lock:
+            with self._guard:
+                self._waiting.discard(key)
             return self._reconcile(namespace, name)
 
+    def _read(self, namespace: str, name: str) -> tuple[dict | None, dict | None, dict | None]:
+        """The Microservice, its Deployment and its Service, read at once."""
+        reads = [self._reads.submit(fn, namespace, name)
+                 for fn in (self.api.microservice, self.api.deployment, self.api.service)]
+        ms, deployment, service = (r.result() for r in reads)
+        return ms, deployment, service
+
     def _reconcile(self, namespace: str, name: str) -> Result:
-        ms = self.api.microservice(namespace, name)
+        ms, deployment, service = self._read(namespace, name)
         if ms is None:
             return Result(skipped="gone")  # its children carry owner references: the garbage collector takes them
         if ms["metadata"].get("deletionTimestamp"):
             return Result(skipped="being deleted")
-        deployment = self.api.deployment(namespace, name)
-        service = self.api.service(namespace, name)
         problems = model.validate(ms.get("spec"))
         if problems:
             problem = model.Problem(model.INVALID_SPEC, "; ".join(problems))
@@ -64,6 +115,7 @@ class Reconciler:
         result = Result()
         observed: dict[str, dict | None] = {"Deployment": deployment, "Service": service}
         desired = {"Deployment": model.desired_deployment(ms), "Service": model.desired_service(ms)}
+        created = []
         for kind in ("Deployment", "Service"):
             current = observed[kind]
             if current is not None and not model.owned_by(current, ms):
@@ -84,8 +136,13 @@ class Reconciler:
                 self._note_retry(ms, deployment, service, f"{kind} {name}: {e.message}")
                 raise
             result.applied.append(kind)
-            self._announce(ms, kind, current, applied, differences)
+            if current is None:
+                created.append(kind)
+            else:
+                self._announce(ms, kind, current, applied, differences)
             observed[kind] = applied
+        if created:
+            self._event(ms, "Normal", "Created", "created " + " and ".join(f"{k} {name}" for k in created))
         return self._report(ms, observed["Deployment"], observed["Service"], None, result)
 
     def _converge(self, desired: dict, current: dict | None) -> dict:
@@ -99,11 +156,8 @@ class Reconciler:
         # operator sets, lists whole, restores them; a conflict with a newer write is retried like any other.
         return self.api.replace(model.overlay(current, desired))
 
-    def _announce(self, ms: dict, kind: str, before: dict | None, after: dict, differences: list[str]) -> None:
+    def _announce(self, ms: dict, kind: str, before: dict, after: dict, differences: list[str]) -> None:
         name = ms["metadata"]["name"]
-        if before is None:
-            self._event(ms, "Normal", "Created", f"created {kind} {name}")
-            return
         if before["metadata"].get("resourceVersion") == after["metadata"].get("resourceVersion"):
             return  # the server found nothing to change (a value it spells differently): nothing happened
         fields = ", ".join(differences[:4]) + (" ..." if len(differences) > 4 else "")
@@ -138,10 +192,7 @@ class Reconciler:
 
     def _event(self, ms: dict, kind: str, reason: str, message: str) -> None:
         log.info("%s/%s: %s: %s", ms["metadata"]["namespace"], ms["metadata"]["name"], reason, message)
-        try:
-            self.api.post_event(ms, kind, reason, message)
-        except kube.ApiFailure as e:  # an event is a courtesy: the reconcile itself has succeeded
-            log.warning("could not post event %s for %s: %s", reason, ms["metadata"]["name"], e)
+        self.events.post(ms, kind, reason, message)
 
     # -- resync ---------------------------------------------------------------------------------------------
 

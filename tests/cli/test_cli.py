@@ -66,7 +66,9 @@ def test_list_shows_the_containerization_lab(env):
     assert result.exit_code == 0, result.output
     assert "Containerization" in result.output and "Intermediate" in result.output and "45 min" in result.output
     rows = json.loads(CliRunner().invoke(main, ["list", "-o", "json"]).output)
-    assert {"number": 9, "slug": "containerization"}.items() <= rows[0].items()
+    assert [r["number"] for r in rows] == sorted(r["number"] for r in rows)  # study order
+    assert {"number": 9, "slug": "containerization", "difficulty": "Intermediate"}.items() <= next(
+        r for r in rows if r["slug"] == "containerization").items()
 
 
 def test_unknown_lab_is_bad_usage(env):

@@ -31,7 +31,7 @@ def image() -> None:
 @image.command("build")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-t", "--tag", metavar="NAME:TAG",
-              help="Image name and tag [default: labctl.local/<folder name>:latest].")
+              help="Image name and tag [default: labctl.local/<folder name>:dev].")
 @click.option("-f", "--file", "dockerfile", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               metavar="PATH", help="The Dockerfile [default: DIRECTORY/Dockerfile].")
 @click.option("--build-arg", "build_args", multiple=True, metavar="KEY=VALUE",
@@ -57,7 +57,8 @@ def build(directory: Path, tag: str | None, dockerfile: Path | None, build_args:
     from labctl.images.ensure import forget
 
     args = _build_args(build_args)
-    tag = check_tag(tag or f"labctl.local/{directory.resolve().name.lower()}:latest")
+    # Not :latest by default: for that tag Kubernetes defaults to imagePullPolicy Always, and no registry has it.
+    tag = check_tag(tag or f"labctl.local/{directory.resolve().name.lower()}:dev")
     target = session.resolve(state.load(), context)
     builder = builder_for(target.provider)
     if builder is None:
@@ -73,6 +74,9 @@ def build(directory: Path, tag: str | None, dockerfile: Path | None, build_args:
         return
     click.echo(f"{result.summary[0].upper()}{result.summary[1:]} on {target.provider} (context {target.context}).")
     click.echo(f"Use it in a pod as `image: {tag}` with `imagePullPolicy: IfNotPresent`.")
+    if tag.endswith(":latest"):
+        click.echo("Note: for a :latest tag Kubernetes pulls by default (imagePullPolicy Always) and no registry "
+                   "has this image; pin a version tag or set imagePullPolicy.")
 
 
 @image.command("base")

@@ -18,10 +18,12 @@ import sys
 from labctl.errors import ProviderError, ToolboxError, UsageError
 from labctl.providers.base import ComponentStatus, Progress, Provider, ProviderStatus
 
-__all__ = ["PROVIDER_NAMES", "ComponentStatus", "Progress", "Provider", "ProviderStatus", "default_provider_name",
+__all__ = ["OWN_CONTEXT_PROVIDERS", "PROVIDER_NAMES", "ComponentStatus", "Progress", "Provider", "ProviderStatus", "default_provider_name",
            "get_provider", "local_available"]
 
 PROVIDER_NAMES = ("kind", "local", "sim", "existing")
+# The contexts labctl creates, and the provider behind each: the only contexts it acts on unprompted.
+OWN_CONTEXT_PROVIDERS = {"labctl-sim": "sim", "labctl-local": "local", "kind-labctl": "kind"}
 
 
 def local_available() -> bool:

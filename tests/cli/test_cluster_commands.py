@@ -5,7 +5,8 @@ import pytest
 from click.testing import CliRunner
 
 from labctl.providers.base import ComponentStatus, ProviderStatus
-from labctl.providers.cmd import down_cmd, format_status, status_cmd, up_cmd
+from labctl.cli import main
+from labctl.providers.display import format_status
 
 pytestmark = pytest.mark.unit
 
@@ -16,34 +17,42 @@ def env(tmp_path):
             "LABCTL_PROVIDER": None, "LABCTL_CONTEXT": None}
 
 
-@pytest.mark.parametrize("command", [up_cmd, down_cmd, status_cmd])
-def test_every_option_has_help_and_h_works(command):
-    for param in command.params:
-        if isinstance(param, click.Option):
-            assert param.help, f"{command.name} {param.opts} has no help"
-    result = CliRunner().invoke(command, ["-h"])
-    assert result.exit_code == 0 and "--provider" in result.output
+def _recorded_sim(env):
+    import pathlib
+
+    state = pathlib.Path(env["LABCTL_STATE_DIR"])
+    state.mkdir(parents=True)
+    (state / "progress.json").write_text(json.dumps({"format": 1, "cluster": {"provider": "sim", "context": "labctl-sim"},
+                                                     "current_lab": None, "labs": {}}))
 
 
-def test_status_without_a_cluster_exits_3(env):
-    result = CliRunner().invoke(status_cmd, ["--provider", "sim"], env=env)
+def test_status_without_a_cluster(env):
+    result = CliRunner().invoke(main, ["status"], env=env)
+    assert result.exit_code == 0
+    assert "Cluster: none" in result.output and "labctl up" in result.output
+
+
+def test_status_of_a_stopped_cluster_exits_3(env):
+    _recorded_sim(env)
+    result = CliRunner().invoke(main, ["status"], env=env)
     assert result.exit_code == 3
     assert "Cluster: sim (context labctl-sim): API not reachable" in result.output
     assert "labctl up --provider sim" in result.output
 
 
 def test_status_json(env):
-    result = CliRunner().invoke(status_cmd, ["--provider", "sim", "-o", "json"], env=env)
-    data = json.loads(result.output)
+    _recorded_sim(env)
+    result = CliRunner().invoke(main, ["status", "-o", "json"], env=env)
+    data = json.loads(result.output)["cluster"]
     assert data["provider"] == "sim" and data["apiReachable"] is False and result.exit_code == 3
     assert [c["name"] for c in data["components"]] == ["etcd", "kube-apiserver", "kube-controller-manager",
                                                        "kube-scheduler", "kwok"]
 
 
 def test_unknown_context_is_one_line_with_exit_2(env):
-    result = CliRunner().invoke(up_cmd, ["--context", "nowhere"], env=env)
+    result = CliRunner().invoke(main, ["up", "--context", "nowhere"], env=env)
     assert result.exit_code == 2
-    assert "Error: no context 'nowhere' in" in result.output
+    assert "no context 'nowhere' in" in result.output
     assert "hint:" in result.output
     assert "Traceback" not in result.output
 
@@ -52,7 +61,7 @@ def test_down_of_an_existing_context_does_nothing(env, tmp_path):
     from labctl.providers import kubeconfig
 
     kubeconfig.write(tmp_path / "kubeconfig", kubeconfig.build("prod", "https://127.0.0.1:1", b"a", b"b", b"c"))
-    result = CliRunner().invoke(down_cmd, ["--context", "prod"], env=env)
+    result = CliRunner().invoke(main, ["down", "--context", "prod"], env=env)
     assert result.exit_code == 0
     assert "labctl did not create context prod, so it leaves that cluster as it is" in result.output
     assert kubeconfig.has_context(kubeconfig.read(tmp_path / "kubeconfig"), "prod")
@@ -62,13 +71,13 @@ def test_up_of_an_unreachable_existing_cluster_exits_3(env, tmp_path):
     from labctl.providers import kubeconfig
 
     kubeconfig.write(tmp_path / "kubeconfig", kubeconfig.build("prod", "https://127.0.0.1:1", b"a", b"b", b"c"))
-    result = CliRunner().invoke(up_cmd, ["--provider", "existing", "--context", "prod"], env=env)
+    result = CliRunner().invoke(main, ["up", "--provider", "existing", "--context", "prod"], env=env)
     assert result.exit_code == 3, result.output
     assert "the cluster of context prod does not answer" in result.output
 
 
 def test_ports_with_another_provider_is_usage_error(env):
-    result = CliRunner().invoke(up_cmd, ["--provider", "sim", "--ports", "8080:80"], env=env)
+    result = CliRunner().invoke(main, ["up", "--provider", "sim", "--ports", "8080:80"], env=env)
     assert result.exit_code == 2
     assert "--provider kind only" in result.output
 

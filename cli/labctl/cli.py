@@ -27,6 +27,27 @@ Exit codes:
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
+# Command groups that live with their subsystem, imported only when used: `labctl check` stays fast.
+LAZY_COMMANDS = {
+    "toolbox": ("labctl.toolbox.cmd", "toolbox"),
+    "image": ("labctl.images.cmd", "image"),
+    "operator": ("labctl.operator_cmd", "operator"),
+}
+
+
+def _lazy_command(name: str) -> click.Command | None:
+    import importlib
+
+    module_name, attr = LAZY_COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name == module_name:
+            return None  # a subsystem this installation does not ship
+        raise
+    return getattr(module, attr)
+
+
 class Group(click.Group):
     """Turns labctl's domain errors into one line and the documented exit code; no traceback reaches a learner."""
 
@@ -40,7 +61,15 @@ class Group(click.Group):
             sys.exit(130)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(self.commands)  # in the order they are defined: learner verbs first
+        # in the order they are defined (learner verbs first), then the subsystems' groups
+        return list(self.commands) + [n for n in LAZY_COMMANDS if n not in self.commands]
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS and name not in self.commands:
+            command = _lazy_command(name)
+            if command is not None:
+                self.add_command(command, name)
+        return super().get_command(ctx, name)
 
 
 def _fail(e: LabError) -> None:
@@ -657,18 +686,3 @@ def completion(shell: str) -> None:
 
     cls = get_completion_class(shell)
     click.echo(cls(main, {}, "labctl", "_LABCTL_COMPLETE").source())
-
-
-def _add_optional_commands() -> None:
-    """Command groups that live with their subsystem."""
-    from labctl.toolbox.cmd import toolbox
-
-    main.add_command(toolbox)
-    try:
-        from labctl.images.cmd import image
-    except ImportError:
-        return
-    main.add_command(image)
-
-
-_add_optional_commands()

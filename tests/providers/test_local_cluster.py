@@ -275,9 +275,22 @@ def test_a_claim_of_the_default_storage_class_gets_a_volume_on_the_node(local_cl
                what="the volume's directory to be deleted with its claim")
 
 
+def test_a_second_local_cluster_is_refused_while_one_runs(local_cluster, tmp_path_factory):
+    from labctl.errors import ProviderError
+    from labctl.providers.local import LocalProvider
+
+    root = tmp_path_factory.mktemp("second")
+    other = LocalProvider(state_root=root / "state", user_kubeconfig=root / "kubeconfig")
+    with pytest.raises(ProviderError, match="another labctl local cluster runs on this machine"):
+        other.up()
+    assert local_cluster.provider.status().healthy
+
+
 # -- down: last, since it takes the cluster down and up again -------------------------------------------------
 
-def test_down_leaves_nothing_behind_and_up_works_again(local_cluster):
+def test_down_leaves_nothing_behind_and_up_works_again(local_cluster, tmp_path):
+    from labctl.errors import ProviderError
+
     provider = local_cluster.provider
     started = time.monotonic()
     provider.down()
@@ -287,6 +300,18 @@ def test_down_leaves_nothing_behind_and_up_works_again(local_cluster):
     for key in before:
         assert after[key] == before[key], f"down left {key} changed"
     assert not provider.dir.exists()
+
+    # Another cluster's node program makes `up` refuse before it changes anything on the host.
+    foreign = tmp_path / "kubelet"
+    shutil.copy("/bin/sleep", foreign)
+    kubelet = subprocess.Popen([str(foreign), "300"])
+    try:
+        with pytest.raises(ProviderError, match=rf"kubelet \(pid {kubelet.pid}\) is running"):
+            provider.up()
+        assert local_cluster.host_state() == before
+    finally:
+        kubelet.kill()
+        kubelet.wait()
 
     started = time.monotonic()
     provider.up()

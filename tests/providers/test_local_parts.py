@@ -348,3 +348,33 @@ def test_nft_tables_and_what_counts_as_a_bare_table():
     with_chain = {"nftables": bare["nftables"] + [{"chain": {"name": "DOCKER"}}]}
     dropping = {"nftables": [{"chain": {"name": "INPUT", "hook": "input", "policy": "drop"}}]}
     assert not any(cleanup.nft_table_is_bare(t) for t in (with_rule, with_chain, dropping))
+
+
+def test_host_files_of_the_node_go_and_everything_else_stays(tmp_path):
+    pod_logs, links, results = tmp_path / "state" / "pod-logs", tmp_path / "containers", tmp_path / "results"
+    for d in (pod_logs / "ns_pod_uid" / "c", links, results):
+        d.mkdir(parents=True)
+    (pod_logs / "ns_pod_uid" / "c" / "0.log").write_text("")
+    (links / "pod_ns_c-1.log").symlink_to(pod_logs / "ns_pod_uid" / "c" / "0.log")
+    (links / "other_ns_c-2.log").symlink_to(tmp_path / "elsewhere.log")
+    (results / "labctl-abc-eth0").write_text("{}")
+    (results / "podman-def-eth0").write_text("{}")
+    cleanup.remove_log_links(pod_logs, links)
+    cleanup.remove_cni_results("labctl", results)
+    assert sorted(p.name for p in links.iterdir()) == ["other_ns_c-2.log"]
+    assert sorted(p.name for p in results.iterdir()) == ["podman-def-eth0"]
+
+    new, old, busy = tmp_path / "new", tmp_path / "old", tmp_path / "busy"
+    for d in (new / "child", old, busy):
+        d.mkdir(parents=True)
+    (busy / "in-use").write_text("")
+    cleanup.remove_new_empty_dirs([str(new / "child"), str(new), str(old), str(busy)],
+                                  {str(new / "child"): False, str(new): False, str(old): True, str(busy): False})
+    assert not new.exists() and old.exists() and busy.exists()
+
+    cgroups = tmp_path / "cgroup"
+    (cgroups / "memory" / "k8s.io" / "abc").mkdir(parents=True)
+    (cgroups / "cpu" / "k8s.io").mkdir(parents=True)
+    cleanup.remove_new_cgroups([str(cgroups / "memory" / "k8s.io"), str(cgroups / "cpu" / "k8s.io")],
+                               before=[str(cgroups / "cpu" / "k8s.io")])
+    assert not (cgroups / "memory" / "k8s.io").exists() and (cgroups / "cpu" / "k8s.io").exists()

@@ -21,15 +21,18 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import yaml
 
 from labctl.errors import ClusterUnreachable, LabError, ProviderError, ToolboxError
-from labctl.providers import kubeconfig, pki, procs, users
+from labctl.providers import kubeconfig, procs, users
 from labctl.providers.base import ComponentStatus, Progress, ProviderStatus, node_ready, probe_api, quiet
 from labctl.providers.node import addons, cleanup, cni, containerd, host, images, kubelet, kubeproxy
 from labctl.providers.sim import DNS_DOMAIN, SERVICE_CIDR, SimProvider
+
+if TYPE_CHECKING:
+    from labctl.providers import pki
 
 CONTEXT = "labctl-local"
 NODE_NAME = "labctl-local"
@@ -52,8 +55,10 @@ PORTS = tuple(NODE_IP_PORTS) + tuple(LOOPBACK_PORTS)
 READY_TIMEOUT = 180.0
 DRAIN_TIMEOUT = 45.0
 POLL = 0.1
-# A unix socket path longer than this does not fit in sockaddr_un (108 bytes with the ".ttrpc" suffix).
-_SOCKET_PATH_MAX = 100
+# A unix socket path must fit in sockaddr_un (107 bytes and a NUL); the longest one the node makes in its
+# state directory is the kubelet's device-plugin socket.
+_SOCKET_PATH_MAX = 107
+_LONGEST_SOCKET = "kubelet/device-plugins/kubelet.sock"
 _ALTERNATIVES = "use `labctl up --provider kind` where Docker runs, or `--provider sim` (no pods run there)"
 _INSTALL_HINT = "run `labctl toolbox install` (the local group)"
 
@@ -168,15 +173,20 @@ class LocalProvider(SimProvider):
     def import_image_tar(self, path: Path) -> None:
         """Import an image tar (docker-archive or OCI) into the node's containerd, where pods find it."""
         if self.procs.running("containerd") is None:
-            raise ProviderError("the local cluster's containerd is not running", hint="run `labctl up --provider local`")
+            raise ProviderError("the local cluster's containerd is not running",
+                                hint="run `labctl up --provider local`")
         self._ctr().import_tar(Path(path))
 
     # -- certificates and kubeconfigs ------------------------------------------------------------------------
 
     def _apiserver_sans(self) -> tuple[list[str], list[str]]:
+        from labctl.providers import pki  # cryptography costs ~0.2 s to import: only when certificates are made
+
         return pki.apiserver_sans(SERVICE_CIDR, DNS_DOMAIN, extra_dns=[NODE_NAME], extra_ips=[self.node_ip])
 
     def _pki_leaves(self, ca: pki.CertKey) -> dict[str, Callable[[], pki.CertKey]]:
+        from labctl.providers import pki  # cryptography costs ~0.2 s to import: only when certificates are made
+
         leaves = {k: v for k, v in super()._pki_leaves(ca).items() if k != "kwok"}
         ip = self.node_ip
         leaves.update({
@@ -251,9 +261,9 @@ class LocalProvider(SimProvider):
                   self._path("cni", "leases"), self._path("kubelet"), self._path("pod-logs"),
                   self._path("kubelet-plugins"), self._path("buildkit"), self._path("volumes")):
             d.mkdir(parents=True, exist_ok=True)
-        self._path("containerd", "config.toml").write_text(containerd.config_toml(layout))
+        _write_if_changed(self._path("containerd", "config.toml"), containerd.config_toml(layout))
         conf = cni.conflist(CNI_NETWORK, BRIDGE, POD_SUBNET, self._path("cni", "leases"))
-        (layout.cni_conf_dir / f"10-{CNI_NETWORK}.conflist").write_text(json.dumps(conf, indent=2) + "\n")
+        _write_if_changed(layout.cni_conf_dir / f"10-{CNI_NETWORK}.conflist", json.dumps(conf, indent=2) + "\n")
         settings = kubelet.KubeletSettings(
             node_ip=self.node_ip, port=ports["kubelet"], healthz_port=ports["kubelet-healthz"],
             ca_file=self.pki_dir / "ca.crt", tls_cert=self.pki_dir / "kubelet-serving.crt",
@@ -261,13 +271,13 @@ class LocalProvider(SimProvider):
             cluster_dns=CLUSTER_DNS, cluster_domain=DNS_DOMAIN, pod_logs_dir=self._path("pod-logs"),
             volume_plugin_dir=self._path("kubelet-plugins"), resolv_conf=kubelet.resolv_conf(),
         )
-        (node / "kubelet.yaml").write_text(yaml.safe_dump(kubelet.config(settings), sort_keys=False))
+        _write_if_changed(node / "kubelet.yaml", yaml.safe_dump(kubelet.config(settings), sort_keys=False))
         proxy = kubeproxy.config(self._component_kubeconfig("kube-proxy"), NODE_NAME, POD_SUBNET,
                                  ports["kube-proxy-healthz"], ports["kube-proxy-metrics"])
-        (node / "kube-proxy.yaml").write_text(yaml.safe_dump(proxy, sort_keys=False))
-        (node / "local-path-config.json").write_text(addons.provisioner_config(self._path("volumes")))
-        (node / "local-path-helper-pod.yaml").write_text(
-            yaml.safe_dump(addons.helper_pod(images.HELPER_IMAGE), sort_keys=False))
+        _write_if_changed(node / "kube-proxy.yaml", yaml.safe_dump(proxy, sort_keys=False))
+        _write_if_changed(node / "local-path-config.json", addons.provisioner_config(self._path("volumes")))
+        _write_if_changed(node / "local-path-helper-pod.yaml",
+                          yaml.safe_dump(addons.helper_pod(images.HELPER_IMAGE), sort_keys=False))
 
     # -- up ----------------------------------------------------------------------------------------------------
 
@@ -284,7 +294,7 @@ class LocalProvider(SimProvider):
             raise ProviderError(f"the local provider needs {', '.join(missing)}",
                                 hint="install them (Debian/Ubuntu: apt-get install runc containernetworking-plugins "
                                      "iptables ipset conntrack iproute2), or " + _ALTERNATIVES)
-        if len(str(self.containerd_address)) + len(".ttrpc") > _SOCKET_PATH_MAX:
+        if len(str(self.dir / _LONGEST_SOCKET)) > _SOCKET_PATH_MAX:
             raise ProviderError(f"the state directory {self.dir} is too deep for containerd's socket path",
                                 hint="set LABCTL_STATE_DIR to a shorter path")
         try:
@@ -329,11 +339,13 @@ class LocalProvider(SimProvider):
             self._write_node_configs(ports)
             self._start(binaries, ports, started, progress)
         except BaseException:
-            progress("Start failed: stopping what started and cleaning the host (logs stay in the state dir)")
-            try:
-                self._teardown(quiet, keep_state=True)
-            except LabError:
-                pass
+            if not running:
+                # A cluster that was not running before leaves nothing behind; one that was stays for `down`.
+                progress("Start failed: stopping what started and cleaning the host (logs stay in the state dir)")
+                try:
+                    self._teardown(quiet, keep_state=True)
+                except LabError:
+                    pass
             self._give(user)
             raise
         self._give(user)
@@ -350,7 +362,9 @@ class LocalProvider(SimProvider):
 
     def _give(self, user: users.TargetUser) -> None:
         """Hand the files a person reads (kubeconfig, certificates, logs) to them; the node's data stays root's."""
-        users.give(self.dir, user)
+        # The state root and its `clusters` folder are labctl's own; a lock file may have created them as root.
+        for folder in (self.dir.parent.parent, self.dir.parent, self.dir):
+            users.give(folder, user)
         for path in (self.kubeconfig_path, self.dir / "cluster.json", self._lock, self._path("pki"),
                      self._path("kubeconfigs")):
             if path.exists():
@@ -492,7 +506,8 @@ class LocalProvider(SimProvider):
         chains = cleanup.snapshot_chains()
         foreign = sorted({c for family in chains.values() for _, c in family if c.startswith("KUBE-")})
         if foreign:
-            conflicts.append(f"iptables has Kubernetes chains ({', '.join(foreign[:3])}{'…' if len(foreign) > 3 else ''})")
+            more = "…" if len(foreign) > 3 else ""
+            conflicts.append(f"iptables has Kubernetes chains ({', '.join(foreign[:3])}{more})")
         if conflicts:
             raise ProviderError(f"another Kubernetes cluster seems to run on this machine: {'; '.join(conflicts)}",
                                 hint="the local provider does not share a machine with another cluster's node; "
@@ -531,30 +546,13 @@ class LocalProvider(SimProvider):
         left += [f"mount {m}" for m in cleanup.unmount_under(state_dir)]
         if not cleanup.delete_bridge(BRIDGE):
             left.append(f"link {BRIDGE}")
-        self._remove_host_files(record, state_dir)
+        cleanup.remove_cni_results(CNI_NETWORK)
+        cleanup.remove_log_links(state_dir / "pod-logs")
+        cleanup.remove_new_empty_dirs(host.HOST_DIRS, record.get("dirs") or {})
+        cleanup.remove_new_cgroups(host.cgroup_parents(), record.get("cgroups") or [])
         failed = host.write_sysctls(host.sysctls_to_restore(record.get("sysctls") or {}, host.read_sysctls()))
         left += [f"kernel setting {name}" for name in failed]
-        for cgroup in host.cgroup_parents():
-            if cgroup not in (record.get("cgroups") or []):
-                _rmdir_tree(Path(cgroup))
         return left
-
-    def _remove_host_files(self, record: dict, state_dir: Path) -> None:
-        results = Path("/var/lib/cni/results")
-        for entry in results.glob(f"{CNI_NETWORK}-*") if results.is_dir() else []:
-            entry.unlink(missing_ok=True)
-        logs = Path("/var/log/containers")
-        pod_logs = str(state_dir / "pod-logs")
-        for link in logs.iterdir() if logs.is_dir() else []:
-            if link.is_symlink() and os.readlink(link).startswith(pod_logs):
-                link.unlink(missing_ok=True)
-        existed = record.get("dirs") or {}
-        for d in host.HOST_DIRS:  # deepest first: the list names children before their parents
-            if existed.get(d) is False:
-                try:
-                    Path(d).rmdir()
-                except OSError:
-                    pass
 
     def _toolbox_or_none(self, name: str) -> str | None:
         try:
@@ -737,42 +735,21 @@ class LocalProvider(SimProvider):
                 seen.add(rec.pid)
                 total += procs.proc_rss_bytes(rec.pid) or 0
         shims = set(host.pids_mentioning(host.processes(), str(self.containerd_address))) - seen
-        for pid in _with_descendants(shims):
+        for pid in host.with_descendants(shims):
             if pid not in seen:
                 seen.add(pid)
                 total += procs.proc_rss_bytes(pid) or 0
         return total
 
 
-def _with_descendants(roots: set[int]) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = set(), list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo += children.get(pid, [])
-    return found
-
-
-def _rmdir_tree(path: Path) -> None:
-    """Remove an empty cgroup directory tree, children first (cgroupfs directories are removed with rmdir)."""
-    for child in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-        try:
-            child.rmdir()
-        except OSError:
-            pass
+def _write_if_changed(path: Path, text: str) -> None:
+    """Write a component's configuration only when it changes: kube-proxy exits when its file is written."""
     try:
-        path.rmdir()
+        if path.read_text() == text:
+            return
     except OSError:
         pass
+    path.write_text(text)
 
 
 def _http_ok(url: str) -> bool:

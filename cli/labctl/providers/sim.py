@@ -13,15 +13,18 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import urllib3
 import yaml
 
 from labctl import paths
 from labctl.errors import ClusterUnreachable, LabError, ProviderError, ToolboxError
-from labctl.providers import kubeconfig, pki, procs, users
+from labctl.providers import kubeconfig, procs, users
 from labctl.providers.base import ComponentStatus, Progress, Provider, ProviderStatus, node_ready, probe_api, quiet
+
+if TYPE_CHECKING:
+    from labctl.providers import pki
 
 CONTEXT = "labctl-sim"
 SERVICE_CIDR = "10.96.0.0/16"
@@ -216,6 +219,8 @@ class SimProvider(Provider):
         return found
 
     def _ensure_pki(self) -> None:
+        from labctl.providers import pki  # cryptography costs ~0.2 s to import: only when certificates are made
+
         d = self.pki_dir
         ca_files = (d / "ca.crt", d / "ca.key")
         ca = pki.load(d, "ca") if all(f.exists() for f in ca_files) else None
@@ -230,10 +235,14 @@ class SimProvider(Provider):
 
     def _apiserver_sans(self) -> tuple[list[str], list[str]]:
         """The DNS names and IP addresses of the API server's serving certificate."""
+        from labctl.providers import pki  # cryptography costs ~0.2 s to import: only when certificates are made
+
         return pki.apiserver_sans(SERVICE_CIDR, DNS_DOMAIN)
 
     def _pki_leaves(self, ca: pki.CertKey) -> dict[str, Callable[[], pki.CertKey]]:
         """Certificate file stem -> how to issue it, for each certificate the CA signs."""
+        from labctl.providers import pki  # cryptography costs ~0.2 s to import: only when certificates are made
+
         dns, ips = self._apiserver_sans()
         return {
             "kube-apiserver": lambda: pki.issue_serving_cert(ca, "kube-apiserver", dns, ips),

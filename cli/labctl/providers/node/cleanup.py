@@ -15,6 +15,7 @@ The parsers (`parse_save`, `removal_script`, `parse_mountinfo`, `mounts_under`) 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -276,3 +277,45 @@ def delete_bridge(bridge: str) -> bool:
         _run(["ip", "link", "delete", veth])
     _run(["ip", "link", "delete", bridge])
     return not link_exists(bridge)
+
+
+def remove_cni_results(network: str, results: Path = Path("/var/lib/cni/results")) -> None:
+    """Remove the CNI library's cached results of `network` (left when a sandbox died without CNI DEL)."""
+    for entry in results.glob(f"{network}-*") if results.is_dir() else []:
+        entry.unlink(missing_ok=True)
+
+
+def remove_log_links(pod_logs: Path, links: Path = Path("/var/log/containers")) -> None:
+    """Remove the kubelet's links in /var/log/containers that point into this node's pod log folder."""
+    prefix = str(pod_logs)
+    for link in links.iterdir() if links.is_dir() else []:
+        if link.is_symlink() and os.readlink(link).startswith(prefix):
+            link.unlink(missing_ok=True)
+
+
+def remove_new_empty_dirs(dirs: Iterable[str], existed: dict) -> None:
+    """Remove the folders of `dirs` that did not exist before (`existed[d] is False`) once they are empty.
+
+    `dirs` names children before their parents.
+    """
+    for d in dirs:
+        if existed.get(d) is False:
+            try:
+                Path(d).rmdir()
+            except OSError:
+                pass
+
+
+def remove_new_cgroups(now: Iterable[str], before: Iterable[str]) -> None:
+    """Remove the cgroup folders created since `before`, children first; a cgroup still in use stays.
+
+    cgroupfs folders are removed with rmdir, which the kernel refuses while a process is in one.
+    """
+    existed = set(before)
+    for path in (Path(p) for p in now if p not in existed):
+        children = sorted((c for c in path.rglob("*") if c.is_dir()), key=lambda c: len(c.parts), reverse=True)
+        for folder in [*children, path]:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass

@@ -152,6 +152,26 @@ def existing_cluster_paths() -> list[str]:
     return [p for p in CLUSTER_PATHS if Path(p).exists()]
 
 
+def with_descendants(roots: Iterable[int]) -> set[int]:
+    """The pids in `roots` and every process below them (a shim's pause and container processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo += children.get(pid, [])
+    return found
+
+
 def pids_mentioning(procs: Iterable[HostProcess], text: str) -> list[int]:
     """Processes whose command line mentions `text` (a state directory, a socket path)."""
     return [p.pid for p in procs if any(text in arg for arg in p.argv)]

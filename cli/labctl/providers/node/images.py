@@ -78,7 +78,7 @@ def go_program(name: str, go: str | None = None) -> Path:
     go = go or shutil.which("go")
     if go is None:
         raise ProviderError(f"building the node's {name} program needs Go, which is not installed",
-                            hint="install Go 1.22 or newer (the toolbox builds need it too), then run `labctl up` again")
+                            hint="install Go (the toolbox builds need it too), then run `labctl up` again")
     out.parent.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent.parent, prefix=f".{name}-") as tmp:
         env = {**os.environ, "CGO_ENABLED": "0"}

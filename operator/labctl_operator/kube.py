@@ -22,11 +22,12 @@ from labctl_operator import model
 class ApiFailure(Exception):
     """The API server refused or failed a request."""
 
-    def __init__(self, status: int, message: str, reason: str = "") -> None:
+    def __init__(self, status: int, message: str, reason: str = "", causes: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.message = message
+        self.causes = causes  # the types of details.causes, e.g. NamespaceTerminating
 
 
 class TransientError(ApiFailure):
@@ -101,9 +102,11 @@ class Api:
         message = answer.get("message") if isinstance(answer, dict) else None
         message = message or resp.data[:300].decode("utf-8", "replace").strip() or f"HTTP {resp.status}"
         reason = answer.get("reason", "") if isinstance(answer, dict) else ""
+        details = answer.get("details") if isinstance(answer, dict) else None
+        causes = tuple(str(c.get("type", "")) for c in (details or {}).get("causes") or [] if isinstance(c, dict))
         if resp.status in _TRANSIENT or resp.status >= 500:
-            raise TransientError(resp.status, message, reason)
-        raise RejectedError(resp.status, message, reason)
+            raise TransientError(resp.status, message, reason, causes)
+        raise RejectedError(resp.status, message, reason, causes)
 
     # -- objects ----------------------------------------------------------------------------------------
 

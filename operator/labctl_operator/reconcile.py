@@ -20,6 +20,8 @@ from labctl_operator import kube, model
 
 log = logging.getLogger("labctl_operator")
 
+TERMINATING = "NamespaceTerminating"  # the cause the API server gives for writes into a namespace being deleted
+
 
 @dataclass
 class Result:
@@ -129,6 +131,8 @@ class Reconciler:
             try:
                 applied = self._converge(desired[kind], current)
             except kube.RejectedError as e:
+                if TERMINATING in e.causes:
+                    return Result(skipped="namespace being deleted")  # everything in it goes: nothing to repair
                 problem = model.Problem(model.REJECTED, f"the API server refused {kind} {name}: {e.message}")
                 result.problem = problem
                 return self._report(ms, deployment, service, problem, result)

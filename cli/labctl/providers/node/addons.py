@@ -1,11 +1,15 @@
-"""The cluster add-ons of the local provider, as manifests: CoreDNS and the default StorageClass.
+"""The cluster add-ons of the local provider: CoreDNS and the default StorageClass as manifests, and the
+command lines of the add-ons that run as host processes (local-path-provisioner, kube-router, BuildKit).
 
 - CoreDNS runs as a Deployment in kube-system labelled `k8s-app: kube-dns`, behind the Service `kube-dns` at the
   kubelet's clusterDNS address. It runs as a non-root user with a read-only root filesystem and no
   capabilities, so it listens on 1053 and the Service maps port 53 to it.
 - The StorageClass `standard` (the default, as on kind) is served by local-path-provisioner, which runs as a
   host process and creates each volume's directory under the state directory through a short-lived helper
-  pod running labctl's volume helper image.
+  pod running labctl's volume helper image (a static program, so the image needs no shell).
+- NetworkPolicy is enforced by kube-router's firewall alone, with the admin kubeconfig; the node's bridge and
+  kube-proxy keep routing and Services.
+- BuildKit builds on the node's containerd, so an image it builds is at once available to pods.
 """
 
 from __future__ import annotations

@@ -123,6 +123,13 @@ def new_namespace(client, name: str) -> str:
     return name
 
 
+def drop_namespace(client, namespace: str, timeout: float = 180) -> None:
+    client.delete("v1", "Namespace", namespace)
+    deadline = time.monotonic() + timeout
+    while client.get("v1", "Namespace", namespace) and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
 def create(client, namespace: str, name: str) -> None:
     obj = microservice(name)
     obj["metadata"]["namespace"] = namespace
@@ -145,6 +152,7 @@ def measure(label: str, client, child: tuple[str, str], with_ready: bool, sample
     ns = new_namespace(client, f"bench-{label}-lat-{run}")
     NAMESPACES.append(ns)
     seen = Seen(client, *child, ns)
+    settled = Seen(client, "labctl.dev/v1alpha1", "Microservice", ns, microservice_ready) if with_ready else None
     latencies = []
     for i in range(samples):
         name = f"m{i:03d}"
@@ -153,8 +161,14 @@ def measure(label: str, client, child: tuple[str, str], with_ready: bool, sample
         if not seen.wait([name], 30):
             raise SystemExit(f"{label}: no {child[1]} for {name} within 30s")
         latencies.append(seen.times[name] - started)
-        time.sleep(0.05)  # a low rate: this measures a reconcile, not a queue
+        # One at a time: the previous one has settled (Ready), so this measures a reconcile, not a queue.
+        if settled is not None and not settled.wait([name], 30):
+            raise SystemExit(f"{label}: {name} not Ready within 30s")
+        time.sleep(0.05)
     seen.stop = True
+    if settled is not None:
+        settled.stop = True
+    drop_namespace(client, ns)  # the sim nodes hold 330 pods: the burst gets them all
 
     ns = new_namespace(client, f"bench-{label}-burst-{run}")
     NAMESPACES.append(ns)
@@ -252,9 +266,7 @@ def main() -> None:
         # The operator resumes every Microservice it finds at start: it starts on an empty cluster, as the
         # baseline did.
         for ns in NAMESPACES:
-            client.delete("v1", "Namespace", ns)
-        while any(client.get("v1", "Namespace", ns) for ns in NAMESPACES):
-            time.sleep(0.5)
+            drop_namespace(client, ns)
 
         print("the labctl operator …", file=sys.stderr)
         port = procs.free_ports(1)[0]

@@ -7,6 +7,7 @@ import difflib
 import functools
 import json
 import re
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -554,10 +555,16 @@ def _check_check(check: dict, where: str, shown: str) -> None:
     if check["type"] == "http":
         expressions += [(f"{where}.expect.json", key) for key in check.get("expect", {}).get("json", {})]
     for at, expr in expressions:
-        try:
-            jmespath.compile(expr)
-        except jmespath.exceptions.JMESPathError as e:
-            raise _error(shown, f"{at}: {show(expr, 60)} is not a JMESPath expression ({_flat(e)})") from e
+        with warnings.catch_warnings():
+            # jmespath warns (PendingDeprecationWarning) about `literal` strings; a lab should not rely on them
+            warnings.simplefilter("error")
+            try:
+                jmespath.compile(expr)
+            except jmespath.exceptions.JMESPathError as e:
+                raise _error(shown, f"{at}: {show(expr, 60)} is not a JMESPath expression ({_flat(e)})") from e
+            except PendingDeprecationWarning as e:
+                raise _error(shown, f"{at}: {show(expr, 60)} uses a deprecated JMESPath literal (write 'text' with "
+                                    "single quotes instead of `text`)") from e
 
 
 # -- building -------------------------------------------------------------------------------------------

@@ -63,7 +63,8 @@ CASES: list[tuple[str, Mutation, str]] = [
      "titel: unknown field (did you mean 'title'?)"),
     ("unknown top-level field", lambda d: d.update(zzz=1),
      "zzz: unknown field (allowed: format_version, title, difficulty, minutes, summary, objectives, prerequisites, "
-     "namespace, pod_security, pod_security_reason, images, values, deploy, solution, checks, interview)"),
+     "namespace, pod_security, pod_security_reason, images, requires, values, deploy, solution, solve_wait, checks, "
+     "interview)"),
     ("unknown target field", lambda d: _check(d, "web-exists")["target"].update(nmae="x"),
      "checks[0].target.nmae: unknown field (did you mean 'name'?)"),
     ("required top-level field", lambda d: d.pop("title"), "title: missing"),

@@ -182,7 +182,7 @@ def test_a_pod_resolves_a_service_by_name_and_gets_an_answer_through_its_cluster
     core.create_namespaced_service(ns, service("web"))
     eventually(available(apps, ns, "web", 2), what="2 ready web replicas")
     phase, logs = run_to_completion(core, ns, "client", httpecho,
-                                    ["get", "-attempts", "3", "-interval", "1s", "http://web/"])
+                                    ["get", "-attempts", "5", "-interval", "1s", "http://web/"])
     assert phase == "Succeeded", logs
     assert "ok 200 hello from web-" in logs.splitlines()[-1]
 

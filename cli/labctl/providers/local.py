@@ -295,7 +295,7 @@ class LocalProvider(SimProvider):
                                 hint="install them (Debian/Ubuntu: apt-get install runc containernetworking-plugins "
                                      "iptables ipset conntrack iproute2), or " + _ALTERNATIVES)
         if len(str(self.dir / _LONGEST_SOCKET)) > _SOCKET_PATH_MAX:
-            raise ProviderError(f"the state directory {self.dir} is too deep for containerd's socket path",
+            raise ProviderError(f"the state directory {self.dir} is too deep for the node's unix socket paths",
                                 hint="set LABCTL_STATE_DIR to a shorter path")
         try:
             from labctl.toolbox import binary
@@ -362,8 +362,9 @@ class LocalProvider(SimProvider):
 
     def _give(self, user: users.TargetUser) -> None:
         """Hand the files a person reads (kubeconfig, certificates, logs) to them; the node's data stays root's."""
-        # The state root and its `clusters` folder are labctl's own; a lock file may have created them as root.
-        for folder in (self.dir.parent.parent, self.dir.parent, self.dir):
+        # A lock file may have created the `clusters` folder (and the state root in the person's home) as root.
+        root = self.dir.parent.parent
+        for folder in ([root] if root.is_relative_to(user.home) else []) + [self.dir.parent, self.dir]:
             users.give(folder, user)
         for path in (self.kubeconfig_path, self.dir / "cluster.json", self._lock, self._path("pki"),
                      self._path("kubeconfigs")):
@@ -409,7 +410,7 @@ class LocalProvider(SimProvider):
         imported = self._import_node_images(ctr, node_images)
         if imported:
             progress(f"Imported {', '.join(imported)} into the node's containerd ({elapsed()})")
-        later = self._start_missing(("kubelet", "kube-proxy", "buildkitd"), argvs)
+        later = self._start_missing(("kubelet", "kube-proxy"), argvs)
         if later:
             progress(f"Starting {', '.join(later)}")
 
@@ -425,18 +426,6 @@ class LocalProvider(SimProvider):
         except ApiError as e:
             raise ProviderError(f"the local cluster's API server refused its add-ons: {e.message}",
                                 hint=f"logs in {self.dir}") from e
-        self._start_missing(("local-path-provisioner",), argvs)
-
-        def registered() -> bool:
-            try:
-                return client.get("v1", "Node", NODE_NAME) is not None
-            except ClusterUnreachable:
-                return False
-
-        if not procs.wait_for(registered, remaining(), POLL, self._check_started):
-            raise self._timeout(f"the kubelet to register node {NODE_NAME}")
-        # kube-router's firewall exits when its Node does not exist yet.
-        self._start_missing(("kube-router",), argvs)
 
         waiting: list[str] = []
 
@@ -450,6 +439,17 @@ class LocalProvider(SimProvider):
         if not procs.wait_for(settled, remaining(), POLL, self._check_started):
             raise self._timeout(" and ".join(waiting))
         progress(f"Node {NODE_NAME} Ready and DNS ready after {elapsed()}")
+
+        # The add-ons that no pod needs to start come last, so they do not compete for the CPU before it;
+        # kube-router's firewall also needs the Node to exist (it exits otherwise).
+        addon_names = ("kube-router", "local-path-provisioner", "buildkitd")
+        if self._start_missing(addon_names, argvs):
+            checks = [lambda: _http_ok(f"http://127.0.0.1:{ports['kube-router-health']}/healthz"),
+                      lambda: _socket_answers(self._path("buildkit", "buildkitd.sock"))]
+            if not procs.wait_for(lambda: all(check() for check in checks), remaining(), POLL,
+                                  self._check_started):
+                raise self._timeout("kube-router and BuildKit to answer")
+            progress(f"NetworkPolicy (kube-router), storage (local-path) and BuildKit running after {elapsed()}")
 
     def _not_settled(self, client) -> list[str]:
         waiting = []
@@ -680,12 +680,13 @@ class LocalProvider(SimProvider):
         checks = {
             "etcd": lambda: reachable and self._readyz_check("etcd"),
             "kube-apiserver": lambda: reachable,
-            "containerd": lambda: (c := self._ctr_or_none()) is not None and c.answers(),
             "kubelet": lambda: _http_ok(f"http://127.0.0.1:{ports.get('kubelet-healthz')}/healthz"),
             "kube-proxy": lambda: _http_ok(f"http://127.0.0.1:{ports.get('kube-proxy-healthz')}/healthz"),
             "kube-router": lambda: _http_ok(f"http://127.0.0.1:{ports.get('kube-router-health')}/healthz"),
-            "buildkitd": lambda: _socket_answers(self._path("buildkit", "buildkitd.sock")),
         }
+        if os.geteuid() == 0:  # their sockets are root's: a person without sudo sees only that they run
+            checks["containerd"] = lambda: (c := self._ctr_or_none()) is not None and c.answers()
+            checks["buildkitd"] = lambda: _socket_answers(self._path("buildkit", "buildkitd.sock"))
         components = []
         for name in COMPONENTS:
             rec = records[name]

@@ -126,3 +126,39 @@ def test_watch_turns_green_after_a_fix_from_another_process(labctl_env):
             watcher.wait()
     assert watcher.returncode == 0, rest
     assert "✓ The image has a fixed tag" in rest
+
+
+@pytest.fixture
+def local_env(local_cluster, monkeypatch):
+    """`labctl` acting on the session's local cluster (real node, real pods)."""
+    env = {"LABCTL_STATE_DIR": str(local_cluster.root / "state"), "KUBECONFIG": str(local_cluster.root / "kubeconfig")}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("LABCTL_LABS_DIR", raising=False)
+    return env, ["--context", local_cluster.context]
+
+
+@pytest.mark.local
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("lab", LABS, ids=[lab.slug for lab in LABS])
+def test_full_cycle_with_real_pods(lab, local_env):
+    """The same cycle on a real node: images built, pods running, behaviour checks verified, none left unverified."""
+    _, ctx = local_env
+    code, out = run("start", lab.slug, *ctx)
+    assert code == 0, out
+    code, out = run("check", *ctx)
+    assert code == 1, out
+
+    code, out = run("solve", "--yes", *ctx)
+    assert code == 0, out
+    code, out = run("check", "-o", "json", *ctx)
+    report = json.loads(out)
+    states = {c["id"]: (c["state"], c["reason"]) for c in report["checks"]}
+    assert code == 0, states
+    assert all(state == "pass" for state, _ in states.values()), states
+    assert any(check.needs_running for check in lab.checks), f"lab {lab.slug} has no behaviour check"
+
+    code, out = run("reset", "--yes", *ctx)
+    assert code == 0, out
+    code, out = run("check", *ctx)
+    assert code == 1, out

@@ -5,11 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
-from labctl.errors import LabDefinitionError, LabError
+from labctl.errors import LabDefinitionError, LabError, NotReady
 from labctl.kube.client import ApiError, Client
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "labctl"}
@@ -63,8 +62,7 @@ def _workload_ready(obj: dict) -> tuple[bool, str]:
 WAITABLE = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 
 
-def wait_ready(client: Client, objects: list[dict], *, timeout: float = 120,
-               progress: Callable[[str], None] | None = None) -> None:
+def wait_ready(client: Client, objects: list[dict], *, timeout: float = 120) -> None:
     """Wait, by watching, until every workload among `objects` is ready; on timeout name what is not."""
     pending: dict[tuple[str, str, str], str] = {}
     for obj in objects:
@@ -81,36 +79,31 @@ def wait_ready(client: Client, objects: list[dict], *, timeout: float = 120,
     done = threading.Event()
     errors: list[BaseException] = []
 
+    def note(kind: str, obj: dict) -> None:
+        ok, why = _workload_ready(obj)
+        with lock:
+            key = f"{kind}/{obj['metadata']['name']}"
+            if ok:
+                waiting.pop(key, None)
+            else:
+                waiting[key] = why
+            if not waiting:
+                done.set()
+
     def follow(api: str, kind: str, ns: str, names: set[str]) -> None:
         try:
             while not done.is_set() and time.monotonic() < deadline:
                 items, rv = client.list(api, kind, ns)
-                with lock:
-                    for item in items:
-                        if item["metadata"]["name"] in names:
-                            ok, why = _workload_ready(item)
-                            key = f"{kind}/{item['metadata']['name']}"
-                            if ok:
-                                waiting.pop(key, None)
-                            else:
-                                waiting[key] = why
-                    if not waiting:
-                        done.set()
-                        return
+                for item in items:
+                    if item["metadata"]["name"] in names:
+                        note(kind, item)
+                if done.is_set():
+                    return
                 remaining = int(max(1, deadline - time.monotonic()))
                 for event in client.watch(api, kind, ns, resource_version=rv, timeout_seconds=remaining):
                     obj = event.get("object") or {}
-                    name = (obj.get("metadata") or {}).get("name")
-                    if event.get("type") in ("ADDED", "MODIFIED") and name in names:
-                        ok, why = _workload_ready(obj)
-                        with lock:
-                            key = f"{kind}/{name}"
-                            if ok:
-                                waiting.pop(key, None)
-                            else:
-                                waiting[key] = why
-                            if not waiting:
-                                done.set()
+                    if event.get("type") in ("ADDED", "MODIFIED") and (obj.get("metadata") or {}).get("name") in names:
+                        note(kind, obj)
                     if done.is_set() or time.monotonic() >= deadline:
                         return
         except BaseException as e:  # surfaced in the caller's thread
@@ -127,7 +120,7 @@ def wait_ready(client: Client, objects: list[dict], *, timeout: float = 120,
     if errors:
         raise errors[0]
     if waiting:
-        raise LabError(
+        raise NotReady(
             f"not ready after {timeout:.0f}s: " + "; ".join(sorted(waiting.values())),
             hint="`labctl kubectl get events -n <namespace>` shows why",
         )

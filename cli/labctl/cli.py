@@ -18,7 +18,7 @@ from labctl.errors import LabError, UsageError
 EXIT_CODES_HELP = """\b
 Exit codes:
   0  success; for `check`: every verifiable check passes
-  1  `check`: at least one check fails
+  1  `check`: at least one check fails; `solve`: what it applied did not become ready in time
   2  bad usage, a bad lab definition, or a kube context labctl did not create
   3  the cluster cannot be reached, or the API failed mid-run
   4  this machine cannot do it (a toolbox build failed, a provider cannot start)

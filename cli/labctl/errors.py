@@ -2,7 +2,7 @@
 
 Exit codes (documented in `labctl --help` and the README):
   0  success; for `check`, every verifiable check passes
-  1  `check`: at least one check fails
+  1  `check`: at least one check fails; `solve`: what was applied did not become ready in time
   2  bad usage, a bad lab definition, or a kube context labctl did not create
   3  the cluster cannot be reached, or the API failed mid-run
   4  the environment cannot do it: a toolbox build or download failed, a provider cannot start
@@ -41,6 +41,12 @@ class LabDefinitionError(LabError):
 
 class ContextRefused(LabError):
     """The kube context is not one labctl created and the user did not name it."""
+
+
+class NotReady(LabError):
+    """Applied workloads did not become ready in time: the lab's state, not the command line, is wrong."""
+
+    exit_code = EXIT_CHECKS_FAILED
 
 
 class ClusterUnreachable(LabError):

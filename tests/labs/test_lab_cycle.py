@@ -131,7 +131,8 @@ def test_watch_turns_green_after_a_fix_from_another_process(labctl_env):
 @pytest.fixture
 def local_env(local_cluster, monkeypatch):
     """`labctl` acting on the session's local cluster (real node, real pods)."""
-    env = {"LABCTL_STATE_DIR": str(local_cluster.root / "state"), "KUBECONFIG": str(local_cluster.root / "kubeconfig")}
+    provider = local_cluster.provider
+    env = {"LABCTL_STATE_DIR": str(Path(provider.dir).parent.parent), "KUBECONFIG": str(provider.user_kubeconfig)}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("LABCTL_LABS_DIR", raising=False)

@@ -27,7 +27,7 @@ CHILD_ATTEMPTS = 4
 
 
 def configure(settings: kopf.OperatorSettings, *, watch_timeout: int = 60, inactivity_timeout: float = 70.0,
-              workers: int = 8) -> kopf.OperatorSettings:
+              workers: int = 24) -> kopf.OperatorSettings:
     """Settings that keep a long-running operator honest.
 
     Watch streams that go quiet without closing are the classic way a kopf operator turns into a zombie: alive,
@@ -55,6 +55,8 @@ def configure(settings: kopf.OperatorSettings, *, watch_timeout: int = 60, inact
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=model.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=model.GROUP, key="last-handled-configuration")
+    # Handlers mostly wait on the API server: enough threads that a burst of new objects is not queued behind
+    # a few slow writes.
     settings.execution.max_workers = workers
     return settings
 

@@ -69,7 +69,8 @@ class Reconciler:
         self.api = api
         self.now = now
         self.events = EventPoster(api)
-        self._reads = ThreadPoolExecutor(max_workers=12, thread_name_prefix="read")
+        # Reads and child writes of several reconciles in flight at once; they wait on the API server.
+        self._reads = ThreadPoolExecutor(max_workers=32, thread_name_prefix="api")
         self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
         self._waiting: set[tuple[str, str]] = set()
         self._seen: dict[tuple[str, str], dict[str, dict | None]] = {}
@@ -124,36 +125,42 @@ class Reconciler:
         result = Result()
         observed: dict[str, dict | None] = {"Deployment": deployment, "Service": service}
         desired = {"Deployment": model.desired_deployment(ms), "Service": model.desired_service(ms)}
-        created = []
-        for kind in ("Deployment", "Service"):
-            current = observed[kind]
+        for kind, current in observed.items():
             if current is not None and not model.owned_by(current, ms):
                 problem = model.Problem(model.NAME_TAKEN, f"a {kind} named {name} already exists and belongs to "
                                         "something else; delete or rename it, or rename this Microservice")
                 result.problem = problem
                 return self._report(ms, deployment, service, problem, result)
-            differences = model.drift(desired[kind], current) if current is not None else ["(missing)"]
-            if not differences:
-                continue
+        differences = {kind: model.drift(desired[kind], current) if current is not None else ["(missing)"]
+                       for kind, current in observed.items()}
+        # The two children do not depend on each other: both writes are in flight at once.
+        writes = {kind: self._reads.submit(self._converge, desired[kind], observed[kind])
+                  for kind in ("Deployment", "Service") if differences[kind]}
+        failures: dict[str, kube.ApiFailure] = {}
+        for kind, write in writes.items():
             try:
-                applied = self._converge(desired[kind], current)
-            except kube.RejectedError as e:
-                if TERMINATING in e.causes:
-                    return Result(skipped="namespace being deleted")  # everything in it goes: nothing to repair
-                problem = model.Problem(model.REJECTED, f"the API server refused {kind} {name}: {e.message}")
-                result.problem = problem
-                return self._report(ms, deployment, service, problem, result)
-            except kube.TransientError as e:
-                self._note_retry(ms, deployment, service, f"{kind} {name}: {e.message}")
-                raise
+                applied = write.result()
+            except kube.ApiFailure as e:
+                failures[kind] = e
+                continue
             result.applied.append(kind)
-            if current is None:
-                created.append(kind)
-            else:
-                self._announce(ms, kind, current, applied, differences)
+            if observed[kind] is not None:
+                self._announce(ms, kind, observed[kind], applied, differences[kind])
             observed[kind] = applied
+        created = [kind for kind, before in (("Deployment", deployment), ("Service", service))
+                   if before is None and kind in result.applied]
         if created:
             self._event(ms, "Normal", "Created", "created " + " and ".join(f"{k} {name}" for k in created))
+        for kind, e in failures.items():
+            if TERMINATING in e.causes:
+                return Result(skipped="namespace being deleted")  # everything in it goes: nothing to repair
+            if isinstance(e, kube.RejectedError):
+                problem = model.Problem(model.REJECTED, f"the API server refused {kind} {name}: {e.message}")
+                result.problem = problem
+                return self._report(ms, observed["Deployment"], observed["Service"], problem, result)
+        for kind, e in failures.items():
+            self._note_retry(ms, observed["Deployment"], observed["Service"], f"{kind} {name}: {e.message}")
+            raise e
         return self._report(ms, observed["Deployment"], observed["Service"], None, result)
 
     def _converge(self, desired: dict, current: dict | None) -> dict:

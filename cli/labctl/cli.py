@@ -465,9 +465,33 @@ def solve(lab: str | None, yes: bool, timeout: int, context: str | None) -> None
     apply.ensure_namespace(client, chosen.namespace, slug=chosen.slug, pod_security=chosen.pod_security)
     apply.apply_objects(client, objects, origin=f"labs/{chosen.path.name}/solution")
     _progress(f"applied {len(objects)} objects; waiting for workloads to be ready")
+    started = time.monotonic()
     apply.wait_ready(client, objects, timeout=timeout)
     apply.wait_endpoints(client, objects)
+    _wait_checks(client, chosen, target, chosen.raw.get("solve_wait") or [],
+                 timeout=max(1.0, timeout - (time.monotonic() - started)))
     click.echo(f"Solution of lab {chosen.number} applied. Run `labctl check` to see every check pass.")
+
+
+def _wait_checks(client, lab, target, ids: list[str], *, timeout: float) -> None:
+    """Wait until the named checks pass (or cannot be verified here): what a controller makes from the solution
+    (an operator's children, say) is not among the applied objects `wait_ready` knows about."""
+    from dataclasses import replace
+
+    from labctl import runner
+
+    if not ids:
+        return
+    wanted = replace(lab, checks=[c for c in lab.checks if c.id in set(ids)])
+    deadline = time.monotonic() + timeout
+    while True:
+        failing = [o for o in runner.run(client, wanted, lab.namespace, pods_run=target.pods_run) if o.state == "fail"]
+        if not failing:
+            return
+        if time.monotonic() > deadline:
+            raise errors.NotReady(f"not ready after {timeout:.0f}s: " + "; ".join(o.result.reason for o in failing),
+                                  hint=f"`labctl kubectl get events -n {lab.namespace}` shows why")
+        time.sleep(0.5)
 
 
 @main.command()

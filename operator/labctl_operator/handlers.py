@@ -61,11 +61,6 @@ def configure(settings: kopf.OperatorSettings, *, watch_timeout: int = 60, inact
     return settings
 
 
-def _plain(body: kopf.Body) -> dict:
-    """kopf's read-only view of an object, as the plain dict it wraps (nested values are plain already)."""
-    return dict(body)
-
-
 def build_registry(reconciler: Reconciler, login: Callable[[], Any],
                    stopping: asyncio.Event | None = None) -> kopf.OperatorRegistry:
     """The handlers, in a registry of their own (several operators can share a process, as tests do).
@@ -83,11 +78,9 @@ def build_registry(reconciler: Reconciler, login: Callable[[], Any],
         if stopping is not None:
             stopping.set()
 
-    def microservice_changed(namespace: str, name: str, body: kopf.Body, retry: int, **_: Any) -> None:
-        # On a retry the object kopf holds may be older than the cluster's: read it afresh then.
-        seen = {"Microservice": _plain(body)} if retry == 0 else None
+    def microservice_changed(namespace: str, name: str, retry: int, **_: Any) -> None:
         try:
-            result = reconciler.reconcile(namespace, name, seen)
+            result = reconciler.reconcile(namespace, name)
         except kube.TransientError as e:
             # What may heal is retried, later each time, for as long as it takes; nothing crashes.
             raise kopf.TemporaryError(e.message, delay=model.backoff(retry)) from e
@@ -102,14 +95,12 @@ def build_registry(reconciler: Reconciler, login: Callable[[], Any],
     def child_changed(type: str | None, event: dict, namespace: str, **_: Any) -> None:
         if type is None:
             return  # the listing at start-up: the resume handlers reconcile every Microservice anyway
-        child = event["object"]
-        owner = model.owner_name(child)
+        owner = model.owner_name(event["object"])
         if owner is None:
             return
-        seen = {child["kind"]: None if type == "DELETED" else child}
         for attempt in range(CHILD_ATTEMPTS):
             try:
-                reconciler.reconcile(namespace, owner, seen if attempt == 0 else None)
+                reconciler.reconcile(namespace, owner)
                 return
             except kube.TransientError as e:
                 if attempt == CHILD_ATTEMPTS - 1:

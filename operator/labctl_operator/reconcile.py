@@ -73,27 +73,23 @@ class Reconciler:
         self._reads = ThreadPoolExecutor(max_workers=32, thread_name_prefix="api")
         self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
         self._waiting: set[tuple[str, str]] = set()
-        self._seen: dict[tuple[str, str], dict[str, dict | None]] = {}
         self._guard = threading.Lock()
 
     def close(self) -> None:
         self.events.close()
         self._reads.shutdown(wait=False)
 
-    def reconcile(self, namespace: str, name: str, seen: dict[str, dict | None] | None = None) -> Result:
+    def reconcile(self, namespace: str, name: str) -> Result:
         """Bring Microservice namespace/name and its children in line; TransientError when the API failed.
-
-        `seen` holds objects just delivered by a watch ("Microservice", "Deployment" or "Service" -> the object,
-        or None for one deleted): they are as fresh as a read, so they are not read again.
 
         One reconcile per object at a time: a child's event and the Microservice's own change may arrive
         together, and two interleaved status writes would each undo part of the other. A request for an object
-        that already has one waiting to run is folded into it (the latest of what the watches delivered is
-        kept): a rollout's burst of Deployment updates costs one or two reconciles, not one each.
+        that already has one waiting to run is dropped: the waiting one reads the state after it anyway (a
+        rollout's burst of Deployment updates costs one or two reconciles, not one each). What woke it is never
+        used as the state: a watch event can be older than a read made a moment before.
         """
         key = (namespace, name)
         with self._guard:
-            self._seen.setdefault(key, {}).update(seen or {})
             if key in self._waiting:
                 return Result(skipped="coalesced")
             self._waiting.add(key)
@@ -101,19 +97,16 @@ class Reconciler:
         with lock:
             with self._guard:
                 self._waiting.discard(key)
-                fresh = self._seen.pop(key, {})
-            return self._reconcile(namespace, name, fresh)
+            return self._reconcile(namespace, name)
 
-    def _read(self, namespace: str, name: str, seen: dict[str, dict | None]) -> list[dict | None]:
-        """The Microservice, its Deployment and its Service: what a watch just delivered, the rest read at once."""
-        reads = {kind: self._reads.submit(fn, namespace, name)
-                 for kind, fn in (("Microservice", self.api.microservice), ("Deployment", self.api.deployment),
-                                  ("Service", self.api.service)) if kind not in seen}
-        return [seen[kind] if kind in seen else reads[kind].result()
-                for kind in ("Microservice", "Deployment", "Service")]
+    def _read(self, namespace: str, name: str) -> list[dict | None]:
+        """The Microservice, its Deployment and its Service, read at once."""
+        reads = [self._reads.submit(fn, namespace, name)
+                 for fn in (self.api.microservice, self.api.deployment, self.api.service)]
+        return [r.result() for r in reads]
 
-    def _reconcile(self, namespace: str, name: str, seen: dict[str, dict | None] | None = None) -> Result:
-        ms, deployment, service = self._read(namespace, name, seen or {})
+    def _reconcile(self, namespace: str, name: str) -> Result:
+        ms, deployment, service = self._read(namespace, name)
         if ms is None:
             return Result(skipped="gone")  # its children carry owner references: the garbage collector takes them
         if ms["metadata"].get("deletionTimestamp"):

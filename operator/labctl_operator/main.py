@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,8 +130,11 @@ async def _serve(options: Options, api, reconciler, make_registry, settings) -> 
         asyncio.create_task(health_mod.resync(reconciler, state, stop, every=options.resync_seconds)),
     ]
     try:
+        # kopf derives its identity from the login name by default; a pod running as a numeric uid with no
+        # passwd entry (PodSecurity restricted, runAsUser 10001) has none, and getpass would crash the operator.
+        identity = f"{os.environ.get('POD_NAME') or socket.gethostname()}@labctl-operator"
         await kopf.operator(registry=registry, settings=settings, clusterwide=True, standalone=True,
-                            ready_flag=ready, stop_flag=stop)
+                            ready_flag=ready, stop_flag=stop, identity=identity)
     finally:
         stop.set()
         for task in tasks:

@@ -28,6 +28,7 @@ unit: venv  ## unit tests only (no cluster)
 bench: venv  ## benchmarks against baselines measured in the same run
 	$(LABCTL) toolbox install sim
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/operator_bench.py
 
 venv: $(BIN)/labctl
 

@@ -30,6 +30,7 @@ RELEASE = "labctl-operator"
 NAMESPACE = "labctl-system"
 PROCESS = "labctl-operator"  # the host process's pid and log file names
 CRD_NAME = "microservices.labctl.dev"
+API_VERSION = "labctl.dev/v1alpha1"
 
 
 def _version() -> str:
@@ -268,6 +269,54 @@ def install_chart(target: Any, client: Any, progress: Progress = quiet) -> None:
                                  hint=f"`labctl kubectl -n {NAMESPACE} get events` and "
                                       f"`labctl kubectl -n {NAMESPACE} logs deploy/{RELEASE}` say more")
     progress(f"operator running in {NAMESPACE}")
+
+
+# -- removing -------------------------------------------------------------------------------------------------
+
+def release_addons(required: list[str], target: Any, client: Any, progress: Progress = quiet) -> None:
+    """Remove add-ons no started lab uses any more (the caller knows which): the reverse of `ensure_addons`."""
+    if "operator" in required:
+        release_operator(target, client, progress)
+
+
+def release_operator(target: Any, client: Any, progress: Progress = quiet, *, timeout: float = 120.0) -> None:
+    """Stop the operator (host process or chart) and delete the CRD labctl applied, with every Microservice.
+
+    A CRD without labctl's managed-by label was installed by someone else and stays.
+    """
+    if stop_host_operator(target):
+        progress("stopped the operator's host process")
+    if target.pods_run and client.get("apps/v1", "Deployment", RELEASE, NAMESPACE):
+        from labctl.toolbox import binary
+
+        done = subprocess.run([str(binary("helm")), "uninstall", RELEASE, "--namespace", NAMESPACE, "--kubeconfig",
+                               str(target.kubeconfig), "--kube-context", target.context, "--wait"],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise EnvironmentProblem(f"helm could not uninstall the operator: {_last_line(done.stderr)}",
+                                     hint=f"`labctl kubectl -n {NAMESPACE} get all` shows what is left")
+        progress(f"uninstalled the operator chart from {NAMESPACE}")
+    crd = client.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", CRD_NAME)
+    labels = ((crd or {}).get("metadata") or {}).get("labels") or {}
+    if not crd or labels.get("app.kubernetes.io/managed-by") != MANAGED_BY["app.kubernetes.io/managed-by"]:
+        return
+    # Microservices first, while their kind is still served: the garbage collector resolves an owner reference
+    # through the owner's kind, and leaves the children of a kind that no longer exists where they are.
+    items, _ = client.list(API_VERSION, "Microservice")
+    for ms in items:
+        client.delete(API_VERSION, "Microservice", ms["metadata"]["name"], ms["metadata"]["namespace"])
+    if not procs.wait_for(lambda: not _children(client), timeout):
+        raise ClusterUnreachable(f"the children of {len(items)} Microservices were not collected in {timeout:.0f}s",
+                                 hint="`labctl kubectl get deploy,svc -A -l app.kubernetes.io/managed-by="
+                                      "labctl-operator` lists them")
+    client.delete("apiextensions.k8s.io/v1", "CustomResourceDefinition", CRD_NAME)
+    progress(f"deleted CRD {CRD_NAME} and {len(items)} Microservices with their Deployments and Services")
+
+
+def _children(client: Any) -> list[dict]:
+    selector = "app.kubernetes.io/managed-by=labctl-operator"
+    return (client.list("apps/v1", "Deployment", label_selector=selector)[0]
+            + client.list("v1", "Service", label_selector=selector)[0])
 
 
 # -- what runs where ----------------------------------------------------------------------------------------

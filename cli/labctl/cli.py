@@ -610,12 +610,24 @@ def down(context: str | None) -> None:
             click.echo("No labctl cluster is up.")
             return
         provider = running[0]
+    if provider.name != "existing":
+        _stop_host_operator(provider)
     provider.down(progress=_progress)
     if recorded.get("context") == provider.context:
         st.cluster = None
         st.save()
     if provider.name != "existing":
         click.echo(f"Cluster {provider.context} is down.")
+
+
+def _stop_host_operator(provider) -> None:
+    """The control-loops operator runs beside a sim cluster as a host process: it goes down with the cluster."""
+    from labctl.addons import stop_host_operator
+    from labctl.session import Target
+
+    target = Target(provider.name, provider.context, Path(provider.kubeconfig_path), provider.pods_run)
+    if stop_host_operator(target):
+        _progress("stopped the control-loops operator")
 
 
 def _local_provider():

@@ -58,6 +58,34 @@ def test_ensure_operator_on_sim_runs_one_tracked_host_process(sim_target, cluste
     assert not addons.stop_host_operator(sim_target)
 
 
+def test_release_stops_the_operator_and_removes_only_labctls_crd(sim_target, cluster, ms_api, namespace,
+                                                                   wait_until):
+    from labctl.kube.client import Client
+
+    client = Client.from_kubeconfig(cluster.kubeconfig, cluster.context)
+    addons.ensure_addons(SimpleNamespace(slug="control-loops"), ["operator"], sim_target, client)
+    ms_api.create(namespace, "web")
+    wait_until(lambda: ms_api.is_ready(namespace, "web"), what="Ready")
+    record = addons.host_operator(sim_target)
+    try:
+        addons.release_addons(["operator"], sim_target, client)
+        assert addons.host_operator(sim_target) is None and not procs.is_running(record)
+        wait_until(lambda: client.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", addons.CRD_NAME)
+                   is None, what="CRD deleted")
+        wait_until(lambda: ms_api.deployment(namespace, "web") is None, timeout=60, what="children collected")
+
+        # A CRD someone else installed (no managed-by label) is theirs: it stays.
+        (crd,) = addons.crd_objects()
+        del crd["metadata"]["labels"]["app.kubernetes.io/managed-by"]
+        client.apply(crd, field_manager="someone-else")
+        wait_until(lambda: client.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", addons.CRD_NAME),
+                   what="their CRD")
+        addons.release_operator(sim_target, client)
+        assert client.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", addons.CRD_NAME)
+    finally:
+        addons.apply_crds(client)  # the other tests of the session use it
+
+
 def test_a_stale_pid_file_is_never_signalled(sim_target, cluster):
     """A pid file whose pid now belongs to another program: that program is left alone, a new operator starts."""
     registry = addons.host_registry(sim_target)

@@ -517,6 +517,9 @@ def _check_meaning(doc: dict, folder: Path, slug: str, shown: str) -> None:
             raise _error(shown, f"{where}.id: {what}")
         ids[check["id"]] = i
         _check_check(check, where, shown)
+    for i, check_id in enumerate(doc.get("solve_wait") or []):
+        if check_id not in ids:
+            raise _error(shown, f"solve_wait[{i}]: {show(check_id, 40)} is not the id of a check in this lab")
 
 
 def _require(base: Path, rel: str, where: str, shown: str, *, folder: bool) -> None:

@@ -14,6 +14,7 @@ import os
 import shutil
 import ssl
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +163,7 @@ class Client:
         self._timeout = timeout
         self._kinds: dict[tuple[str, str], tuple[str, bool]] = dict(_BUILTIN)
         self._discovered: set[str] = set()
+        self._discovery_lock = threading.Lock()
 
     @classmethod
     def from_kubeconfig(cls, kubeconfig: Path, context: str, **kw: Any) -> "Client":
@@ -198,14 +200,16 @@ class Client:
     def resource(self, api_version: str, kind: str) -> tuple[str, bool]:
         """(plural, namespaced) of a kind; asks the server's discovery once per group/version."""
         key = (api_version, kind)
-        if key not in self._kinds and api_version not in self._discovered:
-            self._discovered.add(api_version)
-            path = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-            resp = self.request("GET", path)
-            if resp.status == 200:
-                for r in json.loads(resp.data).get("resources", []):
-                    if "/" not in r["name"]:
-                        self._kinds.setdefault((api_version, r["kind"]), (r["name"], r["namespaced"]))
+        if key not in self._kinds:
+            with self._discovery_lock:  # watch threads may ask for the same new kind at once
+                if key not in self._kinds and api_version not in self._discovered:
+                    path = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+                    resp = self.request("GET", path)
+                    if resp.status == 200:
+                        for r in json.loads(resp.data).get("resources", []):
+                            if "/" not in r["name"]:
+                                self._kinds.setdefault((api_version, r["kind"]), (r["name"], r["namespaced"]))
+                        self._discovered.add(api_version)
         if key not in self._kinds:
             raise ApiError(404, f"the server does not know {kind} in {api_version} (is its CRD installed?)",
                            "NotFound")

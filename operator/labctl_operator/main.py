@@ -76,7 +76,7 @@ def run(options: Options) -> None:
     """Run until SIGTERM/SIGINT (or until the kubeconfig is deleted, with exit_with_kubeconfig)."""
     import kopf
 
-    from labctl_operator import handlers, health, kube
+    from labctl_operator import handlers, kube
     from labctl_operator.reconcile import Reconciler
 
     kopf.configure(verbose=options.verbose, log_format=kopf.LogFormat[options.log_format.upper()])

@@ -301,14 +301,21 @@ def _watch(client, chosen, target, st, outcomes) -> None:
     if _exit_for(outcomes) == 0:
         sys.exit(0)
     keys = runner.plan(chosen, chosen.namespace)
-    if any(c.type == "http" for c in chosen.checks):
+    if any(c.type in runner.ACTING for c in chosen.checks):
         keys.add(FetchKey("discovery.k8s.io/v1", "EndpointSlice", chosen.namespace))
     stop = threading.Event()
+    # A scenario patches and restarts workloads, and puts them back: those changes must not start another run.
+    muted = threading.Event()
+    acts = target.pods_run and any(c.type == "scenario" for c in chosen.checks)
     click.echo(click.style("watching the cluster for changes; Ctrl-C to stop", dim=True))
     previous = {o.check.id: o.state for o in outcomes}
     try:
-        for _ in runner.changes(client, keys, stop):
+        for _ in runner.changes(client, keys, stop, muted=muted):
+            if acts:
+                muted.set()
             outcomes = runner.run(client, chosen, chosen.namespace, pods_run=target.pods_run)
+            if acts:
+                threading.Timer(2.0, muted.clear).start()  # the last pods of a put-back rollout are still going
             _record(st, chosen, outcomes, target)
             now = {o.check.id: o.state for o in outcomes}
             if now != previous:

@@ -379,6 +379,9 @@ _PATTERN_WORDS = {
     r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?v[0-9]+((alpha|beta)[0-9]+)?$": "is not an apiVersion such as v1 or apps/v1",
     r"^[A-Z][A-Za-z0-9]*$": "is not a kind such as Deployment",
     r"^/[^\s]*$": "is not a request path (it starts with / and has no spaces)",
+    r"^[a-zA-Z0-9]([-a-zA-Z0-9.]*[a-zA-Z0-9])?\.?$": "is not a DNS name such as orders or orders.shop.svc",
+    r"^[a-zA-Z_:][a-zA-Z0-9_:]*$": "is not a Prometheus metric name such as http_requests_total",
+    r"^https?://[^\s/]+(/[^\s]*)?$": "is not a URL such as http://orders/healthz",
 }
 
 
@@ -515,6 +518,10 @@ def _check_meaning(doc: dict, folder: Path, slug: str, shown: str) -> None:
             first = ids[check["id"]]
             what = f"'{check['id']}' is already the id of checks[{first}] (ids must be unique)"
             raise _error(shown, f"{where}.id: {what}")
+        for j, other in enumerate(check.get("after") or []):
+            if other not in ids or other == check["id"]:
+                later = " (it must come earlier in the list)" if any(c["id"] == other for c in doc["checks"]) else ""
+                raise _error(shown, f"{where}.after[{j}]: {show(other, 40)} is not the id of an earlier check{later}")
         ids[check["id"]] = i
         _check_check(check, where, shown)
     for i, check_id in enumerate(doc.get("solve_wait") or []):
@@ -556,7 +563,11 @@ def _check_check(check: dict, where: str, shown: str) -> None:
     if check["type"] == "expression":
         expressions.append((f"{where}.expr", check["expr"]))
     if check["type"] == "http":
-        expressions += [(f"{where}.expect.json", key) for key in check.get("expect", {}).get("json", {})]
+        expressions += _check_expect(f"{where}.expect", "http", check.get("expect"), shown)
+    if check["type"] == "probe":
+        expressions += _check_expect(f"{where}.expect", _action(check["probe"]), check.get("expect"), shown)
+    for n, step in enumerate(check.get("steps") or []):
+        expressions += _check_step(step, f"{where}.steps[{n}]", shown)
     for at, expr in expressions:
         with warnings.catch_warnings():
             # jmespath warns (PendingDeprecationWarning) about `literal` strings; a lab should not rely on them
@@ -568,6 +579,64 @@ def _check_check(check: dict, where: str, shown: str) -> None:
             except PendingDeprecationWarning as e:
                 raise _error(shown, f"{at}: {show(expr, 60)} uses a deprecated JMESPath literal (write 'text' with "
                                     "single quotes instead of `text`)") from e
+
+
+# What each request may expect: an http answer, a DNS lookup, a TCP connection, a gRPC health answer.
+_EXPECT_KEYS = {
+    "http": ("status", "json", "contains", "max_ms", "metric"),
+    "dns": ("resolves", "min_addresses"),
+    "tcp": ("connects",),
+    "grpc_health": ("status",),
+}
+_RESTARTABLE = ("Deployment", "StatefulSet", "DaemonSet")
+
+
+def _action(probe: dict) -> str:
+    return next(iter(probe))
+
+
+def _check_expect(where: str, action: str, expect: dict | None, shown: str) -> list[tuple[str, str]]:
+    """Refuse expectations that do not fit the request; the JMESPath expressions to compile."""
+    expect = expect or {}
+    for key in expect:
+        if key not in _EXPECT_KEYS[action]:
+            allowed = ", ".join(_EXPECT_KEYS[action])
+            raise _error(shown, f"{where}.{key}: a {action.replace('_', ' ')} request cannot expect {key} "
+                                f"(allowed: {allowed})")
+    status = expect.get("status")
+    if status is not None and isinstance(status, str) != (action == "grpc_health"):
+        wanted = "SERVING, NOT_SERVING or SERVICE_UNKNOWN" if action == "grpc_health" else "an HTTP status number"
+        raise _error(shown, f"{where}.status: {show(status, 40)} is not {wanted}")
+    metric = expect.get("metric") or {}
+    if "equals" in metric and ("min" in metric or "max" in metric):
+        raise _error(shown, f"{where}.metric: equals, or min and max, not both")
+    return [(f"{where}.json", key) for key in expect.get("json") or {}]
+
+
+def _check_step(step: dict, where: str, shown: str) -> list[tuple[str, str]]:
+    kind = next(k for k in ("patch", "restart", "http", "probe", "sleep") if k in step)
+    for field, allowed in (("expect", ("http", "probe")), ("until", ("http", "probe")), ("pod", ("probe",))):
+        if field in step and kind not in allowed:
+            raise _error(shown, f"{where}.{field}: a {kind} step has no {field} (only {' and '.join(allowed)} steps)")
+    if kind == "sleep" and "timeout_seconds" in step:
+        raise _error(shown, f"{where}.timeout_seconds: a sleep step lasts its own seconds")
+    refs = []
+    if kind == "patch":
+        refs.append((f"{where}.patch.target", step["patch"]["target"]))
+    if kind == "restart":
+        refs.append((f"{where}.restart", step["restart"]))
+        if step["restart"]["kind"] not in _RESTARTABLE:
+            raise _error(shown, f"{where}.restart.kind: {step['restart']['kind']} cannot be restarted "
+                                f"(wanted {', '.join(_RESTARTABLE)})")
+    for at, ref in refs:
+        versions = KNOWN_API_VERSIONS.get(ref["kind"])
+        if versions is not None and ref["apiVersion"] not in versions:
+            raise _error(shown, f"{at}.apiVersion: {ref['apiVersion']} does not serve {ref['kind']} "
+                                f"(wanted {' or '.join(sorted(versions))})")
+    if kind in ("http", "probe"):
+        return _check_expect(f"{where}.expect", "http" if kind == "http" else _action(step["probe"]),
+                             step.get("expect"), shown)
+    return []
 
 
 # -- building -------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from labctl.checks import FetchKey, HttpResponse, Result, evaluate, evaluate_http, fetch_keys
+from labctl.checks import NOT_ON_PROVIDER, FetchKey, HttpResponse, Result, evaluate, evaluate_http, fetch_keys
 from labctl.kube.client import ApiError, Client
 from labctl.labs import Check, Lab
 
@@ -23,11 +23,15 @@ class Outcome:
         return {True: "pass", False: "fail", None: "not-verifiable"}[self.result.passed]
 
 
+# Checks that send requests or change the cluster, instead of reading the objects fetched once per run.
+ACTING = ("http", "probe", "scenario")
+
+
 def plan(lab: Lab, namespace: str) -> set[FetchKey]:
     """Every (apiVersion, kind, namespace) list the lab's checks read."""
     keys: set[FetchKey] = set()
     for check in lab.checks:
-        if check.type != "http":
+        if check.type not in ACTING:
             keys |= set(fetch_keys(check, namespace))
     return keys
 
@@ -61,23 +65,64 @@ def _http(client: Client, check: Check, namespace: str) -> Result:
 
 
 def run(client: Client, lab: Lab, namespace: str, *, pods_run: bool) -> list[Outcome]:
-    """Evaluate every check of a lab once."""
+    """Evaluate every check of a lab once.
+
+    Checks that read objects are judged on one fetch; the others run in the lab's order, each after the checks
+    its `after` names (which come earlier in the lab). Consecutive probe checks share probe Pods.
+    """
+    from labctl import behaviour
+
     objects = fetch(client, plan(lab, namespace))
-    outcomes = []
+    results: dict[str, Result] = {}
+    probes: list[Check] = []
+
+    def flush() -> None:
+        if probes:
+            done = behaviour.run_probes(client, namespace, [behaviour.Probe.of(c.spec) for c in probes])
+            results.update((c.id, r) for c, r in zip(probes, done, strict=True))
+            probes.clear()
+
     for check in lab.checks:
-        if check.type == "http":
-            if not pods_run:
-                result = Result(None, "not verifiable on this provider: pods do not run")
-            else:
-                result = _http(client, check, namespace)
+        after = check.spec.get("after") or []
+        if check.type not in ACTING:
+            results[check.id] = (after and waiting_for(after, results)) or evaluate(
+                check, objects, namespace, pods_run=pods_run)
+            continue
+        if not pods_run:
+            results[check.id] = Result(None, NOT_ON_PROVIDER)
+            continue
+        if check.type != "probe" or any(p.id in after for p in probes):
+            flush()
+        waiting = waiting_for(after, results)
+        if waiting is not None:
+            results[check.id] = waiting
+        elif check.type == "probe":
+            probes.append(check)
+        elif check.type == "http":
+            results[check.id] = _http(client, check, namespace)
         else:
-            result = evaluate(check, objects, namespace, pods_run=pods_run)
-        outcomes.append(Outcome(check, result))
-    return outcomes
+            results[check.id] = behaviour.run_scenario(client, check.spec, namespace)
+    flush()
+    return [Outcome(check, results[check.id]) for check in lab.checks]
 
 
-def changes(client: Client, keys: set[FetchKey], stop: threading.Event, *, settle: float = 0.3) -> Iterator[None]:
-    """Yield once per burst of changes to any watched list (Kubernetes watches, not polling), until `stop`."""
+def waiting_for(after: list[str], results: dict[str, Result]) -> Result | None:
+    """Why a check is not tried yet: a check it comes after has not passed (None: go ahead)."""
+    for other in after:
+        seen = results.get(other)
+        if seen is None or seen.passed is None:
+            return Result(None, f"not tried: {other} cannot be verified here")
+        if seen.passed is False:
+            return Result(False, f"not tried until {other} passes")
+    return None
+
+
+def changes(client: Client, keys: set[FetchKey], stop: threading.Event, *, settle: float = 0.3,
+            muted: threading.Event | None = None) -> Iterator[None]:
+    """Yield once per burst of changes to any watched list (Kubernetes watches, not polling), until `stop`.
+
+    Changes seen while `muted` is set are dropped: they are the run's own (a scenario patching and restarting).
+    """
     events: queue.Queue = queue.Queue()
 
     def follow(key: FetchKey) -> None:
@@ -88,7 +133,7 @@ def changes(client: Client, keys: set[FetchKey], stop: threading.Event, *, settl
                                           timeout_seconds=60):
                     if stop.is_set():
                         return
-                    if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                    if event.get("type") in ("ADDED", "MODIFIED", "DELETED") and not (muted and muted.is_set()):
                         events.put(key)
                     elif event.get("type") == "ERROR":
                         break  # resourceVersion too old: list again

@@ -83,14 +83,15 @@ def test_needs_running_is_not_verifiable_where_pods_do_not_run() -> None:
     assert evaluate(check("exists", target=WEB), {DEPLOYMENTS: []}, NS, pods_run=False).passed is False
 
 
-def test_http_checks_belong_to_evaluate_http() -> None:
-    with pytest.raises(ValueError, match="evaluate_http"):
-        evaluate(check("http", service="web", port=80, path="/"), {}, NS)
+@pytest.mark.parametrize("kind", ["http", "probe", "scenario"])
+def test_acting_checks_belong_to_the_runner(kind: str) -> None:
+    with pytest.raises(ValueError, match="act on the cluster"):
+        evaluate(check(kind, service="web", port=80, path="/"), {}, NS)
 
 
 def test_unknown_check_type() -> None:
-    with pytest.raises(ValueError, match="unknown check type 'probe'"):
-        evaluate(check("probe", target=WEB), {}, NS)
+    with pytest.raises(ValueError, match="unknown check type 'prob'"):
+        evaluate(check("prob", target=WEB), {}, NS)
 
 
 def test_a_list_that_was_not_read_is_not_verifiable() -> None:

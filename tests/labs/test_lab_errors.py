@@ -37,9 +37,33 @@ def _add(check: dict[str, Any]) -> Mutation:
 DEPLOYMENT = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}
 
 CASES: list[tuple[str, Mutation, str]] = [
-    ("unknown check type", lambda d: _check(d, "web-ready").update(type="probe"),
-     "checks[5].type: 'probe' is not one of: exists, absent, matches, expression, condition, ready, endpoints, "
-     "count, probes, resources, security, image-pinned, http"),
+    ("unknown check type", lambda d: _check(d, "web-ready").update(type="proble"),
+     "checks[5].type: 'proble' is not one of: exists, absent, matches, expression, condition, ready, endpoints, "
+     "count, probes, resources, security, image-pinned, http, probe, scenario"),
+    ("probe with two actions", _add({"type": "probe", "probe": {"dns": "web", "tcp": {"host": "web", "port": 80}}}),
+     "checks[14].probe: "),
+    ("probe expecting what its request cannot give", _add({"type": "probe", "probe": {"dns": "web"},
+                                                           "expect": {"connects": True}}),
+     "checks[14].expect.connects: a dns request cannot expect connects (allowed: resolves, min_addresses)"),
+    ("grpc health expecting an HTTP status", _add({"type": "probe", "probe": {"grpc_health": {"host": "w", "port": 9}},
+                                                   "expect": {"status": 200}}),
+     "checks[14].expect.status: 200 is not SERVING, NOT_SERVING or SERVICE_UNKNOWN"),
+    ("after a later check", lambda d: _check(d, "web-exists").update(after=["web-ready"]),
+     "checks[0].after[0]: 'web-ready' is not the id of an earlier check (it must come earlier in the list)"),
+    ("after an unknown check", lambda d: _check(d, "web-ready").update(after=["nope"]),
+     "checks[5].after[0]: 'nope' is not the id of an earlier check"),
+    ("scenario step with two actions", _add({"type": "scenario", "steps": [{"sleep": 1, "restart": DEPLOYMENT}]}),
+     "checks[14].steps[0]: "),
+    ("restart of a Service", _add({"type": "scenario", "steps": [
+        {"restart": {"apiVersion": "v1", "kind": "Service", "name": "web"}}]}),
+     "checks[14].steps[0].restart.kind: Service cannot be restarted (wanted Deployment, StatefulSet, DaemonSet)"),
+    ("expect on a patch step", _add({"type": "scenario", "steps": [
+        {"patch": {"target": {"apiVersion": "v1", "kind": "ConfigMap", "name": "c"}, "merge": {"data": {"A": "1"}}},
+         "expect": {"status": 200}}]}),
+     "checks[14].steps[0].expect: a patch step has no expect (only http and probe steps)"),
+    ("bad JMESPath in a scenario step", _add({"type": "scenario", "steps": [
+        {"http": {"service": "web", "port": 80, "path": "/"}, "expect": {"json": {"a[": 1}}}]}),
+     "checks[14].steps[0].expect.json: 'a[' is not a JMESPath expression"),
     ("kind a ready check cannot read", lambda d: _check(d, "web-ready")["target"].update(kind="CronJob"),
      "checks[5].target.kind: 'CronJob' is not one of: Deployment, StatefulSet, DaemonSet, Job"),
     ("workload kind", lambda d: _check(d, "web-probes").update(target={**DEPLOYMENT, "kind": "Service"}),
@@ -54,7 +78,7 @@ CASES: list[tuple[str, Mutation, str]] = [
      "checks[14].path: missing (an 'http' check has service, port and path, optionally method, expect, "
      "timeout_seconds and namespace)"),
     ("field of another type", lambda d: _check(d, "web-exists").update(subset={}),
-     "checks[0].subset: not a field of an 'exists' check (allowed: id, title, type, hints, needs, target)"),
+     "checks[0].subset: not a field of an 'exists' check (allowed: id, title, type, hints, needs, after, target)"),
     ("misspelt field", lambda d: _check(d, "web-exists").update(hint=["x"]),
      "checks[0].hint: not a field of an 'exists' check (did you mean 'hints'?)"),
     ("misspelt field of a check with an unknown type", lambda d: _check(d, "web-exists").update(type="nope", targt={}),
@@ -121,7 +145,8 @@ CASES: list[tuple[str, Mutation, str]] = [
     ("http method", _add({"type": "http", "service": "web", "port": 80, "path": "/", "method": "get"}),
      "checks[14].method: 'get' is not one of: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
     ("http expectation", _add({"type": "http", "service": "web", "port": 80, "path": "/", "expect": {"code": 200}}),
-     "checks[14].expect.code: unknown field (allowed: status, json, contains, max_ms)"),
+     "checks[14].expect.code: unknown field (allowed: status, json, contains, max_ms, metric, resolves, min_addresses, "
+     "connects)"),
     ("count equals a string", _add({"type": "count", "apiVersion": "v1", "kind": "Pod", "equals": "2"}),
      "checks[14].equals: '2' is text (wanted a whole number)"),
     ("needs", lambda d: _check(d, "web-exists").update(needs="pods"),

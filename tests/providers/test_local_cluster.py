@@ -275,6 +275,149 @@ def test_a_claim_of_the_default_storage_class_gets_a_volume_on_the_node(local_cl
                what="the volume's directory to be deleted with its claim")
 
 
+# -- behaviour checks: probe Pods and scenarios, on real pods -----------------------------------------------
+
+@pytest.fixture(scope="module")
+def labctl_client(local_cluster):
+    from labctl.kube.client import Client
+
+    return Client.from_kubeconfig(local_cluster.kubeconfig, local_cluster.context)
+
+
+@pytest.fixture(scope="module")
+def probe_image(local_cluster):
+    """labctl's probe image, built by `labctl image build` into the node as `labctl start` would."""
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from labctl.checks.probe import PROBE_IMAGE
+    from labctl.cli import main
+
+    provider = local_cluster.provider
+    env = {"LABCTL_STATE_DIR": str(Path(provider.dir).parent.parent), "KUBECONFIG": str(provider.user_kubeconfig)}
+    folder = Path(__file__).resolve().parents[2] / "manifests" / "probe"
+    result = CliRunner().invoke(main, ["image", "build", str(folder), "-t", PROBE_IMAGE, "-q",
+                                       "--context", local_cluster.context], env=env)
+    assert result.exit_code == 0, result.output
+    return PROBE_IMAGE
+
+
+def probe_pods(core, ns):
+    return [p.metadata.name for p in core.list_namespaced_pod(ns, label_selector="labctl.dev/probe").items
+            if p.metadata.deletion_timestamp is None]
+
+
+def test_probe_pods_resolve_names_connect_and_carry_an_audience_bound_token(api, ns, httpecho, probe_image,
+                                                                           labctl_client):
+    from labctl.behaviour import Probe, run_probes
+
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    apps.create_namespaced_deployment(ns, server_deployment("web", httpecho, 1))
+    core.create_namespaced_service(ns, service("web"))
+    core.create_namespaced_service_account(ns, {"metadata": {"name": "caller"}})
+    eventually(available(apps, ns, "web", 1), 90, what="web to be available")
+
+    results = run_probes(labctl_client, ns, [
+        Probe({"dns": "web"}),
+        Probe({"dns": f"web.{ns}.svc.cluster.local"}, {"min_addresses": 1}),
+        Probe({"dns": "no-such-service"}, timeout=3),
+        Probe({"tcp": {"host": "web", "port": 80}}),
+        Probe({"http": {"url": "http://web/"}}, {"status": 200, "contains": "hello from web-"}),
+        Probe({"http": {"url": "http://web/auth", "token_audience": "shop"}},
+              {"json": {"aud[0]": "shop", "\"kubernetes.io\".serviceaccount.name": "caller"}},
+              pod={"service_account": "caller"}),
+        Probe({"http": {"url": "http://web/auth"}}, {"status": 200}),
+    ])
+    reasons = [r.reason for r in results]
+    assert [r.passed for r in results] == [True, True, False, True, True, True, False], reasons
+    assert "does not resolve" in reasons[2]
+    assert reasons[6].startswith("GET http://web/auth from a pod: status 401 (wanted 200)"), reasons[6]
+    eventually(lambda: not probe_pods(core, ns), 30, what="the probe Pods to be deleted")
+
+
+def test_a_networkpolicy_lets_only_the_labelled_probe_through(api, ns, httpecho, probe_image, labctl_client):
+    from labctl.behaviour import Probe, run_probes
+
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    net = client.NetworkingV1Api(api)
+    apps.create_namespaced_deployment(ns, server_deployment("db", httpecho, 1))
+    core.create_namespaced_service(ns, service("db"))
+    net.create_namespaced_network_policy(ns, {
+        "metadata": {"name": "db-from-owner"},
+        "spec": {"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"],
+                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "owner"}}}],
+                              "ports": [{"port": 8080}]}]},
+    })
+    eventually(available(apps, ns, "db", 1), 90, what="db to be available")
+    owner = {"labels": {"app.kubernetes.io/name": "owner"}}
+    results = run_probes(labctl_client, ns, [
+        Probe({"tcp": {"host": "db", "port": 80}}, {"connects": True}, timeout=20, pod=owner),
+        Probe({"tcp": {"host": "db", "port": 80}}, {"connects": False}, timeout=5),
+        Probe({"tcp": {"host": "db", "port": 80}}, {"connects": True}, timeout=5),
+    ])
+    reasons = [r.reason for r in results]
+    assert [r.passed for r in results] == [True, True, False], reasons
+    # The owner-labelled probe was never Ready, so it was never one of the Service's endpoints.
+    assert all(not ready for name, ready in ready_endpoints(client.DiscoveryV1Api(api), ns, "db").items()
+               if name and name.startswith("labctl-probe-"))
+
+
+def _greeting_app(api, ns, httpecho):
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "greeting"}, "data": {"MESSAGE": "hello"}})
+    deployment = server_deployment("web", httpecho, 1)
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"] = [
+        {"name": "MESSAGE", "valueFrom": {"configMapKeyRef": {"name": "greeting", "key": "MESSAGE"}}}]
+    apps.create_namespaced_deployment(ns, deployment)
+    core.create_namespaced_service(ns, service("web"))
+    eventually(available(apps, ns, "web", 1), 90, what="web to be available")
+    return core
+
+
+SWITCH = [
+    {"title": "the greeting changes", "patch": {"target": {"apiVersion": "v1", "kind": "ConfigMap", "name": "greeting"},
+                                                "merge": {"data": {"MESSAGE": "bye", "EXTRA": "x"}}}},
+    {"restart": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}, "timeout_seconds": 90},
+]
+
+
+def test_a_scenario_changes_the_app_sees_the_change_and_puts_everything_back(api, ns, httpecho, probe_image,
+                                                                            labctl_client):
+    from labctl.behaviour import run_scenario
+
+    core = _greeting_app(api, ns, httpecho)
+    result = run_scenario(labctl_client, {"steps": [
+        *SWITCH,
+        {"http": {"service": "web", "port": 80, "path": "/env/MESSAGE", "count": 3}, "expect": {"contains": "bye"}},
+        {"probe": {"http": {"url": "http://web/env/MESSAGE"}}, "expect": {"contains": "bye"}},
+    ]}, ns)
+    assert result.passed, result.reason
+    assert result.reason.startswith("4 steps passed (last: GET http://web/env/MESSAGE from a pod: 200"), result.reason
+    assert core.read_namespaced_config_map("greeting", ns).data == {"MESSAGE": "hello"}
+    answer = labctl_client.service_proxy(ns, "web", 80, "/env/MESSAGE")
+    assert answer.body.decode().strip() == "hello"  # restarted again after the ConfigMap was put back
+
+
+def test_a_failing_scenario_names_its_step_and_still_puts_everything_back(api, ns, httpecho, probe_image,
+                                                                          labctl_client):
+    from labctl.behaviour import run_scenario
+
+    core = _greeting_app(api, ns, httpecho)
+    result = run_scenario(labctl_client, {"steps": [
+        *SWITCH,
+        {"http": {"service": "web", "port": 80, "path": "/env/MESSAGE"}, "expect": {"contains": "ciao"},
+         "until": True, "timeout_seconds": 2},
+        {"sleep": 30},
+    ]}, ns)
+    assert result.passed is False
+    assert result.reason.startswith("step 3 (GET /env/MESSAGE on Service web:80): GET /env/MESSAGE on Service "
+                                    "web:80: the body does not contain 'ciao' (seen 'bye"), result.reason
+    assert "(still, after 2 s)" in result.reason
+    assert core.read_namespaced_config_map("greeting", ns).data == {"MESSAGE": "hello"}
+    assert labctl_client.service_proxy(ns, "web", 80, "/env/MESSAGE").body.decode().strip() == "hello"
+
+
 def test_a_second_local_cluster_is_refused_while_one_runs(local_cluster, tmp_path_factory):
     from labctl.errors import ProviderError
     from labctl.providers.local import LocalProvider

@@ -44,11 +44,11 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 def fetch_keys(check: Check | Mapping[str, Any], namespace: str) -> set[FetchKey]:
     """The lists `evaluate` reads for this check, so a run can fetch each of them once.
 
-    `namespace` is the lab namespace. An `http` check reads no list (it is answered by `evaluate_http`).
+    `namespace` is the lab namespace. `http`, `probe` and `scenario` checks read no list (they send requests).
     """
     spec = spec_of(check)
     kind = spec.get("type")
-    if kind == "http":
+    if kind in ("http", "probe", "scenario"):
         return set()
     if kind == "count":
         return {_key(spec, namespace)}
@@ -72,7 +72,8 @@ def evaluate(
     A key missing from `objects` means the kind could not be read (its API is not served here, say):
     the check is then not verifiable. Objects with missing fields or wrong types give a failing Result,
     never an exception. `pods_run=False` (a provider whose pods never run) makes `needs: running`
-    checks not verifiable. `http` checks go to `evaluate_http`; an unknown type is a ValueError.
+    checks not verifiable. `http`, `probe` and `scenario` checks act on the cluster (see `labctl.runner`); an unknown type is a
+    ValueError.
     """
     spec = spec_of(check)
     kind = spec.get("type")
@@ -80,8 +81,8 @@ def evaluate(
         raise ValueError(f"unknown check type {kind!r}")
     if needs_running(spec) and not pods_run:
         return Result(None, NOT_ON_PROVIDER)
-    if kind == "http":
-        raise ValueError("http checks are evaluated by evaluate_http")
+    if kind in ("http", "probe", "scenario"):
+        raise ValueError(f"{kind} checks act on the cluster: labctl.runner runs them")
     return _EVALUATORS[kind](spec, objects, namespace)
 
 

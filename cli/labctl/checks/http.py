@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from labctl.checks.evaluate import search
 from labctl.checks.matching import show, values_equal
+from labctl.checks.metrics import evaluate_metric
 from labctl.checks.model import HttpResponse, Result, spec_of
 from labctl.checks.objects import one_line
 
@@ -23,15 +24,16 @@ def describe_request(check: Check | Mapping[str, Any]) -> str:
 
 
 def evaluate_http(
-    check: Check | Mapping[str, Any], response: HttpResponse | None, error: str | None
+    check: Check | Mapping[str, Any], response: HttpResponse | None, error: str | None, *, request: str | None = None
 ) -> Result:
     """Judge an `http` check by the response its request got, or by the error that stopped it.
 
     `expect` (all optional): `status` (default: any 2xx), `json` (JMESPath expression -> the value it
-    must give on the JSON body), `contains` (text in the body), `max_ms` (answered within).
+    must give on the JSON body), `contains` (text in the body), `metric` (a sample of a Prometheus text body), `max_ms` (answered within).
+    `request` names the request in reasons (default: the check's Service, port and path).
     """
     spec = spec_of(check)
-    request = describe_request(spec)
+    request = request or describe_request(spec)
     if error is not None:
         return Result(False, f"{request}: {one_line(error)}")
     if response is None:
@@ -64,6 +66,12 @@ def evaluate_http(
     contains = expect.get("contains")
     if isinstance(contains, str) and contains and contains not in text:
         return Result(False, f"{request}: the body does not contain {show(contains)} (seen {show(text, 60)})")
+
+    metric = expect.get("metric")
+    if isinstance(metric, Mapping):
+        judged = evaluate_metric(metric, text)
+        if not judged.passed:
+            return Result(False, f"{request}: {judged.reason}")
 
     max_ms = expect.get("max_ms")
     if isinstance(max_ms, (int, float)) and not isinstance(max_ms, bool) and response.elapsed_ms > max_ms:

@@ -25,6 +25,8 @@ CHECK_TYPES = (
     "security",
     "image-pinned",
     "http",
+    "probe",
+    "scenario",
 )
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod")
@@ -133,8 +135,8 @@ def spec_of(check: Check | Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def needs_running(spec: Mapping[str, Any]) -> bool:
-    """Whether only real pods can verify the check (`needs: running`, implied by `http`)."""
-    return spec.get("needs") == "running" or spec.get("type") == "http"
+    """Whether only real pods can verify the check (`needs: running`, implied by `http`, `probe`, `scenario`)."""
+    return spec.get("needs") == "running" or spec.get("type") in ("http", "probe", "scenario")
 
 
 def key_namespace(ref: Mapping[str, Any], namespace: str) -> str | None:

@@ -97,7 +97,23 @@ def image_entries(lab: Any) -> list[tuple[str, Path, Path]]:
             raise LabDefinitionError(f"{where}: {file} does not exist",
                                      hint="`context` is a folder of the lab; `dockerfile` is relative to it")
         out.append((tag, folder, file))
+    if uses_probes(lab):
+        from labctl.checks.probe import PROBE_IMAGE
+
+        folder = paths.manifests_dir() / "probe"
+        out.append((PROBE_IMAGE, folder, folder / "Dockerfile"))
     return out
+
+
+def uses_probes(lab: Any) -> bool:
+    """Whether a lab's checks run probe Pods (probe checks, or probe steps of scenarios)."""
+    for check in getattr(lab, "checks", None) or []:
+        spec = getattr(check, "spec", check)
+        if not isinstance(spec, Mapping):
+            continue
+        if spec.get("type") == "probe" or any("probe" in step for step in spec.get("steps") or []):
+            return True
+    return False
 
 
 def ensure_images(lab: Any, target: Any, progress: Progress = quiet, *, builder: Builder | None = None) -> list[str]:

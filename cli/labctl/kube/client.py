@@ -188,10 +188,11 @@ class Client:
         resp = self.request(method, path, **kw)
         return _decode(resp, method, path)
 
-    def raw(self, method: str, path: str, *, timeout: float = 10.0) -> Response:
+    def raw(self, method: str, path: str, *, timeout: float = 10.0, body: bytes | None = None,
+            headers: dict | None = None) -> Response:
         """A request whose answer is returned as is (the service proxy), with its duration."""
         start = time.perf_counter()
-        resp = self.request(method, path, timeout=timeout)
+        resp = self.request(method, path, timeout=timeout, body=body, headers=headers)
         elapsed = (time.perf_counter() - start) * 1000
         return Response(resp.status, resp.data, elapsed, dict(resp.headers))
 
@@ -259,6 +260,19 @@ class Client:
         return self._json("PATCH", path, body=json.dumps(obj).encode(), query=query,
                           headers={"Content-Type": "application/apply-patch+yaml"})
 
+    def merge_patch(self, api_version: str, kind: str, name: str, namespace: str | None, patch: dict) -> dict:
+        """A JSON merge patch (RFC 7386) of one object."""
+        return self._json("PATCH", self.path(api_version, kind, namespace, name), body=json.dumps(patch).encode(),
+                          headers={"Content-Type": "application/merge-patch+json"})
+
+    def pod_log(self, namespace: str, name: str, container: str | None = None, *, limit_bytes: int = 1 << 20) -> str:
+        """A pod's log (the kubelet serves it through the API server)."""
+        query = {"limitBytes": str(limit_bytes), **({"container": container} if container else {})}
+        resp = self.request("GET", f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}/log", query=query)
+        if resp.status != 200:
+            _decode(resp, "GET", f"pods/{name}/log")
+        return resp.data.decode("utf-8", errors="replace")
+
     def create(self, obj: dict) -> dict:
         meta = obj.get("metadata") or {}
         path = self.path(obj["apiVersion"], obj["kind"], meta.get("namespace"))
@@ -310,11 +324,15 @@ class Client:
             resp.release_conn()
 
     def service_proxy(self, namespace: str, service: str, port: int | str, path: str, *, method: str = "GET",
-                      timeout: float = 10.0) -> Response:
-        """A plain HTTP request to a Service through the API server's service proxy."""
+                      timeout: float = 10.0, body: str | None = None) -> Response:
+        """A plain HTTP request to a Service through the API server's service proxy (a JSON body is sent as such)."""
         target = f"{quote(service)}:{port}"
+        data = body.encode() if body is not None else None
+        headers = None
+        if data is not None:
+            headers = {"Content-Type": "application/json" if data.lstrip()[:1] in (b"{", b"[") else "text/plain"}
         return self.raw(method, f"/api/v1/namespaces/{quote(namespace)}/services/{target}/proxy/{path.lstrip('/')}",
-                        timeout=timeout)
+                        timeout=timeout, body=data, headers=headers)
 
     def readyz(self) -> bool:
         try:

@@ -6,6 +6,8 @@
 //	    GET /ready    200 until /unready is called, then 503 (a readiness probe to fail on demand)
 //	    GET /unready  makes /ready fail from now on
 //	    GET /whoami   "uid=<uid> gid=<gid>"
+//	    GET /env/NAME the value of the environment variable NAME
+//	    GET /auth     the claims of the request's bearer JWT (not verified), 401 without one
 //	    GET /write-root  tries to create a file in / and says what happened
 //	httpecho get [-attempts 1] [-interval 1s] [-timeout 2s] URL
 //	    one line per attempt ("ok <status> <body>" or "error <reason>"); exits 0 when the last attempt succeeded
@@ -14,6 +16,7 @@
 package main
 
 import (
+	"encoding/base64"
 	"flag"
 	"fmt"
 	"io"
@@ -60,6 +63,25 @@ func serve(args []string) {
 	mux.HandleFunc("/unready", func(w http.ResponseWriter, r *http.Request) {
 		unready.Store(true)
 		fmt.Fprintln(w, "readiness will fail")
+	})
+	mux.HandleFunc("/env/", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, os.Getenv(strings.TrimPrefix(r.URL.Path, "/env/")))
+	})
+	mux.HandleFunc("/auth", func(w http.ResponseWriter, r *http.Request) {
+		// The claims of a bearer JWT, unverified: enough to see which audience a caller's token was made for.
+		parts := strings.Split(strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "), ".")
+		if len(parts) != 3 {
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprintln(w, `{"error": "no bearer token"}`)
+			return
+		}
+		claims, err := base64.RawURLEncoding.DecodeString(parts[1])
+		if err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(claims)
 	})
 	mux.HandleFunc("/whoami", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "uid=%d gid=%d\n", os.Getuid(), os.Getgid())

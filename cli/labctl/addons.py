@@ -1,5 +1,7 @@
 """Cluster-wide parts a lab declares under `requires:`, installed once and shared by the labs that use them.
 
+`gateway-api`: see `labctl.gateway`.
+
 `operator`: the Microservice CRD (server-side applied from the chart's `crds/`, the one definition there is) and
 the operator itself. Where pods run (local, kind) it runs from its image, installed with the chart in
 `labctl-system`; on sim, where pods never run, it runs as a tracked host process (pid file with command line
@@ -23,7 +25,7 @@ from labctl.errors import ClusterUnreachable, EnvironmentProblem, LabDefinitionE
 from labctl.providers import procs
 from labctl.providers.base import Progress, quiet
 
-ADDONS = ("operator",)
+ADDONS = ("operator", "gateway-api")
 MANAGED_BY = {"app.kubernetes.io/managed-by": "labctl"}
 
 RELEASE = "labctl-operator"
@@ -82,6 +84,10 @@ def ensure_addons(lab: Any, required: list[str], target: Any, client: Any, progr
                                      hint="the lab format is described in labs/FORMAT.md")
     if "operator" in required:
         ensure_operator(target, client, progress)
+    if "gateway-api" in required:
+        from labctl.gateway import ensure_gateway_api
+
+        ensure_gateway_api(target, client, progress)
 
 
 def ensure_operator(target: Any, client: Any, progress: Progress = quiet) -> None:
@@ -97,14 +103,25 @@ def apply_crds(client: Any, progress: Progress = quiet, *, timeout: float = 30.0
     """Server-side apply the CRDs and wait until the API server serves them."""
     for crd in crd_objects():
         client.apply(crd)
-        name = crd["metadata"]["name"]
-        deadline = time.monotonic() + timeout
-        while not _established(client.get(crd["apiVersion"], crd["kind"], name)):
-            if time.monotonic() > deadline:
-                raise ClusterUnreachable(f"the API server did not establish CRD {name} within {timeout:.0f}s",
-                                         hint=f"`labctl kubectl describe crd {name}` says why")
-            time.sleep(0.1)
+        wait_established(client, crd["metadata"]["name"], timeout=timeout)
     progress(f"CRD {CRD_NAME} applied")
+
+
+def wait_established(client: Any, name: str, *, timeout: float = 30.0) -> None:
+    """Wait until the API server serves a CRD it was just given."""
+    deadline = time.monotonic() + timeout
+    while not _established(client.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", name)):
+        if time.monotonic() > deadline:
+            raise ClusterUnreachable(f"the API server did not establish CRD {name} within {timeout:.0f}s",
+                                     hint=f"`labctl kubectl describe crd {name}` says why")
+        time.sleep(0.1)
+
+
+def system_namespace(client: Any) -> None:
+    """labctl-system, where add-ons run: labctl's, PodSecurity restricted."""
+    client.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE, "labels": {
+        **MANAGED_BY, "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/warn": "restricted", "pod-security.kubernetes.io/audit": "restricted"}}})
 
 
 def _established(crd: dict | None) -> bool:
@@ -258,9 +275,7 @@ def install_chart(target: Any, client: Any, progress: Progress = quiet) -> None:
     if _deployment_current(client, image):
         return
     ensure_operator_image(target, progress)
-    client.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE, "labels": {
-        **MANAGED_BY, "pod-security.kubernetes.io/enforce": "restricted",
-        "pod-security.kubernetes.io/warn": "restricted", "pod-security.kubernetes.io/audit": "restricted"}}})
+    system_namespace(client)
     progress(f"installing the operator chart in {NAMESPACE} ({image})")
     done = subprocess.run(helm_argv(binary("helm"), target, image=image), capture_output=True, text=True,
                           check=False)
@@ -277,6 +292,10 @@ def release_addons(required: list[str], target: Any, client: Any, progress: Prog
     """Remove add-ons no started lab uses any more (the caller knows which): the reverse of `ensure_addons`."""
     if "operator" in required:
         release_operator(target, client, progress)
+    if "gateway-api" in required:
+        from labctl.gateway import release_gateway_api
+
+        release_gateway_api(client, progress)
 
 
 def release_operator(target: Any, client: Any, progress: Progress = quiet, *, timeout: float = 120.0) -> None:

@@ -45,14 +45,16 @@ class Check:
 
 @dataclass(frozen=True)
 class Image:
-    """An image the lab's pods need: its reference, the folder it is built from and its Dockerfile.
+    """An image the lab's pods need: its reference, the folder it is built from and its Dockerfile, or the
+    toolbox binary it is made of.
 
     `dockerfile` None means `context / "Dockerfile"` (load_lab always fills it in).
     """
 
     name: str
-    context: Path
+    context: Path | None = None
     dockerfile: Path | None = None
+    toolbox: str | None = None
 
 
 @dataclass(frozen=True)
@@ -505,6 +507,14 @@ def _check_meaning(doc: dict, folder: Path, slug: str, shown: str) -> None:
     for i, image in enumerate(doc.get("images", [])):
         if image["name"].endswith(":latest"):
             raise _error(shown, f"images[{i}].name: {image['name']} uses the tag 'latest' (pin a version)")
+        if "toolbox" in image:
+            if "context" in image or "dockerfile" in image:
+                raise _error(shown, f"images[{i}]: an image is built from a context (a Dockerfile) or made of a "
+                                    "toolbox binary, not both")
+            continue
+        if "context" not in image:
+            raise _error(shown, f"images[{i}].context: missing (an image has a context folder with a Dockerfile, "
+                                "or names a toolbox binary)")
         _require(folder, image["context"], f"images[{i}].context", shown, folder=True)
         dockerfile = image.get("dockerfile", "Dockerfile")
         _require(folder / image["context"], dockerfile, f"images[{i}].dockerfile", shown, folder=False)
@@ -668,7 +678,7 @@ def _build(doc: dict, folder: Path, number: int, slug: str) -> Lab:
         namespace=doc.get("namespace") or f"lab-{slug}",
         pod_security=doc.get("pod_security", "restricted"),
         images=[
-            Image(
+            Image(name=i["name"], toolbox=i["toolbox"]) if "toolbox" in i else Image(
                 name=i["name"],
                 context=base / i["context"],
                 dockerfile=base / i["context"] / i.get("dockerfile", "Dockerfile"),

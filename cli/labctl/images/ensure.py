@@ -86,6 +86,8 @@ def image_entries(lab: Any) -> list[tuple[str, Path, Path]]:
     """(tag, context folder, Dockerfile) of each image a lab declares; LabDefinitionError when one is wrong."""
     out = []
     for entry in getattr(lab, "images", None) or []:
+        if _field(entry, "toolbox"):
+            continue  # made of a binary, not built: see ensure_toolbox_image
         tag, context, dockerfile = _field(entry, "name"), _field(entry, "context"), _field(entry, "dockerfile")
         where = f"lab {getattr(lab, 'slug', lab)}: image {tag!r}"
         if not isinstance(tag, str) or not isinstance(context, (str, Path)):
@@ -125,14 +127,16 @@ def ensure_images(lab: Any, target: Any, progress: Progress = quiet, *, builder:
     if not getattr(target, "pods_run", True):
         return []
     entries = image_entries(lab)
-    if not entries:
+    binaries = [(_field(e, "name"), _field(e, "toolbox")) for e in getattr(lab, "images", None) or []
+                if _field(e, "toolbox")]
+    if not entries and not binaries:
         return []
     builder = builder or builder_for(target.provider)
     if builder is None:
         return []
+    built = [tag for tag, name in binaries if ensure_toolbox_image(target, tag, name, progress, builder=builder)]
     records = load_records()
     mine = records.setdefault(builder.provider, {})
-    built = []
     for tag, context, dockerfile in entries:
         digest = context_digest(context, dockerfile)
         if builder.has_image(tag) and mine.get(tag, digest) == digest:
@@ -145,3 +149,33 @@ def ensure_images(lab: Any, target: Any, progress: Progress = quiet, *, builder:
         save_records(records)
         built.append(tag)
     return built
+
+
+def ensure_toolbox_image(target: Any, tag: str, name: str, progress: Progress = quiet, *,
+                         builder: Builder | None = None) -> bool:
+    """An image of one toolbox binary (/NAME, its entrypoint, uid 65532, a /tmp) on the target's node; True when
+    it had to be made. The binary is built or downloaded by the toolbox first if it is missing."""
+    from labctl.images.archive import write_image
+    from labctl.toolbox import install
+    from labctl.toolbox.store import sha256_file
+
+    builder = builder or builder_for(target.provider)
+    if builder is None:
+        return False
+    binary = install([name], progress=progress)[name]
+    digest = "sha256:" + sha256_file(binary)
+    records = load_records()
+    mine = records.setdefault(builder.provider, {})
+    if builder.has_image(tag) and mine.get(tag) == digest:
+        builder.publish(tag)
+        return False
+    progress(f"making image {tag} from the toolbox's {name}")
+    with tempfile.TemporaryDirectory(prefix="labctl-image-") as tmp:
+        tar = Path(tmp) / "image.tar"
+        write_image(tar, tag, {f"/{name}": binary}, entrypoint=[f"/{name}"], user="65532:65532",
+                    dirs={"/tmp": 0o1777})
+        builder.import_archive(tar)
+    builder.publish(tag)
+    mine[tag] = digest
+    save_records(records)
+    return True

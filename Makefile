@@ -7,6 +7,8 @@ LABCTL := $(BIN)/labctl
 PYTEST_ARGS ?=
 # Components the test suite needs: the sim control plane always; the real node where the local provider can run.
 TOOLBOX_GROUPS ?= $(shell if [ "$$(uname -s)" = Linux ] && [ "$$(id -u)" = 0 ]; then echo local; else echo sim; fi)
+# The tests run every lab on the real node too: Traefik (API gateway lab) and Jaeger (observability lab) with it.
+TEST_TOOLBOX_GROUPS ?= $(if $(filter local,$(TOOLBOX_GROUPS)),$(TOOLBOX_GROUPS) gateway extras,$(TOOLBOX_GROUPS))
 
 .PHONY: run test unit bench venv toolbox system-deps lint clean help
 
@@ -19,7 +21,7 @@ run: venv system-deps  ## install, bring up a cluster on the best provider, star
 	$(LABCTL) start
 
 test: venv system-deps  ## unit tests and cluster tests against a real API server
-	$(LABCTL) toolbox install $(TOOLBOX_GROUPS)
+	$(LABCTL) toolbox install $(TEST_TOOLBOX_GROUPS)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 unit: venv  ## unit tests only (no cluster)
@@ -38,9 +40,9 @@ $(BIN)/labctl: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
-system-deps:  ## Debian packages the local provider needs (runc, CNI plugins, iptables, ipset, conntrack, debootstrap)
+system-deps:  ## Debian packages: the local provider (runc, CNI plugins, iptables, ipset, conntrack, debootstrap); the labs' servers the tests start (Redis, PostgreSQL 15)
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  missing=""; for p in runc containernetworking-plugins iptables conntrack ipset debootstrap; do \
+	  missing=""; for p in runc containernetworking-plugins iptables conntrack ipset debootstrap redis-server postgresql-15; do \
 	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	  if [ -n "$$missing" ]; then echo "installing:$$missing"; \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null || \

@@ -16,7 +16,7 @@ from labctl.render import render_objects
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOP_MANIFESTS = sorted((ROOT / "manifests" / "shop").glob("*.yaml.j2"))
-SHOP_LABS = ["01-fundamentals", "02-service-communication", "07-service-discovery"]
+SHOP_LABS = ["01-fundamentals", "02-service-communication", "05-circuit-breaker", "07-service-discovery"]
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
 NAMESPACE = "shop-test"
 

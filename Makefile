@@ -28,9 +28,10 @@ unit: venv  ## unit tests only (no cluster)
 	$(BIN)/pytest -m unit $(PYTEST_ARGS)
 
 bench: venv  ## benchmarks against baselines measured in the same run
-	$(LABCTL) toolbox install sim
+	$(LABCTL) toolbox install $(TOOLBOX_GROUPS)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/operator_bench.py
+	$(BIN)/python bench/local_bench.py
 
 venv: $(BIN)/labctl
 

@@ -295,7 +295,8 @@ def _restart(client: Client, target: Mapping[str, Any], namespace: str, timeout:
 
 
 def _put_back(client: Client, namespace: str, undo: list, restarted: list) -> str:
-    """Undo the patches (last first), then restart each restarted workload once more; what went wrong, if anything."""
+    """Undo the patches (last first) and wait for the workloads among them, then restart each restarted workload
+    once more; what went wrong, if anything."""
     problems = []
     for target, inverse in reversed(undo):
         if not inverse:
@@ -303,6 +304,19 @@ def _put_back(client: Client, namespace: str, undo: list, restarted: list) -> st
         api, kind, name, ns = _ref(target, namespace)
         try:
             client.merge_patch(api, kind, name, ns, inverse)
+        except (ApiError, LabError) as e:
+            problems.append(f"{kind} {name}: {one_line(e)}")
+    # A workload the scenario scaled or changed is waited for once it is put back (unless restarted below anyway).
+    restarted_keys = {_ref(t, namespace) for t in restarted}
+    for target, inverse in undo:
+        if not inverse or target["kind"] not in ("Deployment", "StatefulSet", "DaemonSet") or \
+                _ref(target, namespace) in restarted_keys:
+            continue
+        api, kind, name, ns = _ref(target, namespace)
+        try:
+            current = client.get(api, kind, name, ns)
+            if current is not None:
+                wait_ready(client, [current], timeout=180)
         except (ApiError, LabError) as e:
             problems.append(f"{kind} {name}: {one_line(e)}")
     seen = set()

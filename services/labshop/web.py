@@ -187,7 +187,8 @@ def serve(app: Starlette, common: Common, readiness: Readiness, log: logging.Log
     """Serve until SIGTERM or SIGINT; the process exit code."""
     config = uvicorn.Config(
         app, host=common.host, port=common.port, log_config=None, access_log=False, lifespan="on",
-        timeout_graceful_shutdown=common.shutdown_timeout_seconds,  # type: ignore[arg-type] server_header=False,
+        timeout_graceful_shutdown=common.shutdown_timeout_seconds,  # type: ignore[arg-type]
+        server_header=False,  # a server that names its version helps only an attacker
         log_level=common.log_level,
     )
     server = _DrainingServer(config, readiness, common.shutdown_delay_seconds, log)

@@ -278,7 +278,8 @@ def _http_step(client: Client, step: Mapping[str, Any], namespace: str, timeout:
 
 
 def _restart(client: Client, target: Mapping[str, Any], namespace: str, timeout: float) -> None:
-    """As `kubectl rollout restart`: a new pod template annotation, then wait until the rollout is done."""
+    """As `kubectl rollout restart`: a new pod template annotation, then wait until the rollout is done and the
+    old pods have exited."""
     api, kind, name, ns = _ref(target, namespace)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     try:
@@ -288,10 +289,29 @@ def _restart(client: Client, target: Mapping[str, Any], namespace: str, timeout:
         if e.status == 404:
             raise _Failed(f"{kind} {name} does not exist") from e
         raise
+    deadline = time.monotonic() + timeout
     try:
         wait_ready(client, [patched], timeout=timeout)
     except LabError as e:
         raise _Failed(one_line(e.message)) from e
+    _wait_old_pods_gone(client, patched, ns, deadline)
+
+
+def _wait_old_pods_gone(client: Client, workload: Mapping[str, Any], namespace: str | None, deadline: float) -> None:
+    """A rollout is done before its old pods have exited; while they drain, callers holding keep-alive connections
+    still reach them. A scenario's next step must meet only the new pods."""
+    labels = ((workload.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    if not labels:
+        return
+    selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    while True:
+        pods, _ = client.list("v1", "Pod", namespace, label_selector=selector)
+        leaving = [p["metadata"]["name"] for p in pods if (p.get("metadata") or {}).get("deletionTimestamp")]
+        if not leaving:
+            return
+        if time.monotonic() > deadline:
+            raise _Failed(f"old pods still terminating: {', '.join(sorted(leaving)[:3])}")
+        time.sleep(0.5)
 
 
 def _put_back(client: Client, namespace: str, undo: list, restarted: list) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 from prometheus_client import Counter
 
+from labshop import telemetry
 from labshop.config import ConfigError, Env
 
 RETRYABLE_STATUS = frozenset({502, 503, 504})
@@ -88,8 +89,8 @@ class Dependency:
         self.token_file = token_file
         # Connecting gets its own, shorter deadline: a dead address should not eat the whole attempt.
         timeout = httpx.Timeout(policy.timeout_seconds, connect=min(policy.timeout_seconds, 1.0))
-        self.client = httpx.AsyncClient(base_url=base_url, timeout=timeout, transport=transport,
-                                        headers={"User-Agent": "labshop"})
+        self.client = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers={"User-Agent": "labshop"},
+                                        transport=telemetry.traced(transport, name))  # as it was, unless tracing
 
     def _headers(self, idempotency_key: str | None) -> dict[str, str]:
         headers = {}

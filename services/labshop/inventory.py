@@ -13,6 +13,10 @@ AUTH_ALLOWED_CALLERS narrows who may call (e.g. system:serviceaccount:shop:order
 
 Environment: GRPC_PORT (default 0: no gRPC), PEERS_DNS, AUTH_AUDIENCE, AUTH_ALLOWED_CALLERS,
 TOKENREVIEW_API_SERVER / _CA_FILE / _TOKEN_FILE (default: the pod's own), plus what every service reads.
+With EVENTS_REDIS_URL, inventory also consumes OrderPlaced events and takes each order's units from stock once
+(consumer group EVENTS_GROUP, default inventory; labshop.events).
+INVENTORY_DATABASE_URL (or PGHOST) keeps the stock in PostgreSQL, changed by orders' events applied once each
+(labshop.inbox).
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from labshop import inventory_pb2, inventory_pb2_grpc, logs
+from labshop import inventory_pb2, inventory_pb2_grpc, logs, participants
 from labshop.config import Common, Env
 from labshop.data import OutOfStock, Stock, UnknownProduct
+from labshop.events import Consuming, stock_handlers
 from labshop.tokens import Caller, Forbidden, ReviewUnavailable, TokenReviewer, Unauthenticated
 from labshop.web import Built, Readiness, create_app, json_body, json_error
 
@@ -91,6 +96,9 @@ async def resolve(name: str, port: int = 0) -> list[str]:
 
 def create(env: Env) -> Built:
     """The inventory service, configured from `env`."""
+    if env.raw("INVENTORY_DATABASE_URL") or env.raw("PGHOST"):  # its own PostgreSQL database: labshop.inbox
+        from labshop import inbox  # imported here: only services with a database need psycopg
+        return inbox.create(env)
     common = Common.from_env(env)
     log = logs.setup(NAME, common.log_level)
     grpc_port = env.port("GRPC_PORT", 0)
@@ -99,6 +107,7 @@ def create(env: Env) -> Built:
     stock = Stock()
     pod = socket.gethostname()
     readiness = Readiness(common.not_ready_file)
+    consuming = Consuming.from_env(env, NAME, stock_handlers(stock), readiness, log)  # none without EVENTS_REDIS_URL
 
     async def caller(request: Request) -> Caller | JSONResponse | None:
         if reviewer is None:
@@ -197,6 +206,8 @@ def create(env: Env) -> Built:
         Route("/reservations", reserve, methods=["POST"]),
         Route("/peers", peers),
     ]
-    app = create_app(NAME, common, routes, readiness=readiness, log=log, on_startup=[start_grpc],
-                     on_shutdown=[stop_grpc, close_reviewer])
+    routes += participants.inventory_routes(env, stock)  # reserve/release for sagas, with SAGA_PARTICIPANT=true
+    app = create_app(NAME, common, routes, readiness=readiness, log=log,
+                     on_startup=[start_grpc, *consuming.on_startup],
+                     on_shutdown=[*consuming.on_shutdown, stop_grpc, close_reviewer])
     return Built(app, common, readiness, log)

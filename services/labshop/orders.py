@@ -8,7 +8,13 @@ GET  /availability/{sku}  asks inventory how many units are left (one call, no s
 Each dependency is a base URL (CATALOG_URL, INVENTORY_URL, PAYMENTS_URL; a Service's DNS name such as
 http://inventory) and a call policy: <NAME>_TIMEOUT_SECONDS (default 5), <NAME>_RETRIES (default 0) and
 <NAME>_BACKOFF_SECONDS (default 0.1), e.g. INVENTORY_RETRIES=2. INVENTORY_TOKEN_FILE names a projected
-ServiceAccount token sent to inventory as proof of who is calling.
+ServiceAccount token sent to inventory as proof of who is calling. <NAME>_BREAKER_FAILURES (and _OPEN_SECONDS,
+_HALF_OPEN_PROBES) puts a circuit breaker in front of a dependency (labshop.breaker). PAYMENTS_FALLBACK=pending
+accepts an order whose payment failed as 202 {"status": "pending_payment"} instead of answering 503.
+READINESS_CHECKS_DOWNSTREAM=payments makes /readyz depend on payments' (labshop.downstream; better unset).
+EVENTS_REDIS_URL makes placing an order announcing it: OrderPlaced is published, nobody is called (labshop.events).
+ORDERS_DATABASE_URL (or PGHOST) keeps the orders in PostgreSQL and sends their events through a transactional
+outbox (labshop.outbox).
 """
 
 from __future__ import annotations
@@ -19,10 +25,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from labshop import logs
+from labshop import breaker, logs, participants
 from labshop.calls import CallPolicy, Dependency, DependencyError
 from labshop.config import Common, Env
-from labshop.web import Built, Readiness, create_app, json_body, json_error
+from labshop.downstream import DownstreamReadiness
+from labshop.events import OrderEvents
+from labshop.web import Built, create_app, json_body, json_error
 
 NAME = "orders"
 
@@ -47,6 +55,9 @@ def _json(response) -> dict:
 
 def create(env: Env) -> Built:
     """The orders service, configured from `env`."""
+    if env.raw("ORDERS_DATABASE_URL") or env.raw("PGHOST"):  # its own PostgreSQL database: labshop.outbox
+        from labshop import outbox  # imported here: only services with a database need psycopg
+        return outbox.create(env)
     common = Common.from_env(env)
     log = logs.setup(NAME, common.log_level)
     deps: dict[str, Dependency] = {}
@@ -54,8 +65,11 @@ def create(env: Env) -> Built:
         url = env.url(f"{name.upper()}_URL")
         if url:
             token_file = env.text(f"{name.upper()}_TOKEN_FILE")
-            deps[name] = Dependency(name, url, CallPolicy.from_env(env, name.upper()), token_file=token_file)
+            deps[name] = breaker.dependency(env, name, url, CallPolicy.from_env(env, name.upper()),
+                                            token_file=token_file)
     orders: dict[str, dict] = {}
+    order_events = OrderEvents.from_env(env, NAME, log)  # None unless EVENTS_REDIS_URL is set
+    pay_later = breaker.fallback_setting(env, "PAYMENTS_FALLBACK", ("none", "pending")) == "pending"
 
     def dep(name: str) -> Dependency:
         if name not in deps:
@@ -80,6 +94,8 @@ def create(env: Env) -> Built:
         body = await json_body(request, sku=str, quantity=int)
         sku, quantity = body["sku"], body["quantity"]
         order_id = uuid.uuid4().hex[:12]
+        if order_events is not None:  # event-driven: publish OrderPlaced (202) instead of calling anyone
+            return await order_events.place(order_id, sku, quantity, orders)
         try:
             product = await dep("catalog").call("GET", f"/products/{sku}")
             if product.status_code == 404:
@@ -103,6 +119,13 @@ def create(env: Env) -> Built:
             if payment.status_code != 201:
                 return refused("payments", payment.status_code, _json(payment))
         except DependencyError as e:
+            if e.target == "payments" and pay_later:  # the fallback: stock is reserved, the payment is taken later
+                breaker.FALLBACKS.labels("payments").inc()
+                orders[order_id] = {"id": order_id, "sku": sku, "quantity": quantity, "total_cents": price * quantity,
+                                    "reservation": _json(reservation).get("id"), "payment": None,
+                                    "status": "pending_payment", "fallback": str(e)}
+                log.warning("order accepted without payment", extra={"order": order_id, "reason": str(e)})
+                return JSONResponse(orders[order_id], status_code=202)
             return unavailable(e)
         order = {"id": order_id, "sku": sku, "quantity": quantity, "total_cents": price * quantity,
                  "reservation": _json(reservation).get("id"), "payment": _json(payment).get("id"),
@@ -120,12 +143,16 @@ def create(env: Env) -> Built:
     async def close() -> None:
         for d in deps.values():
             await d.close()
+        if order_events is not None:
+            await order_events.close()
 
-    readiness = Readiness(common.not_ready_file)
+    readiness = DownstreamReadiness.from_env(env, common.not_ready_file, deps)
     routes = [
         Route("/orders", place, methods=["POST"]),
         Route("/orders/{id}", get_order),
         Route("/availability/{sku}", availability),
     ]
-    app = create_app(NAME, common, routes, readiness=readiness, log=log, on_shutdown=[close])
+    routes += participants.orders_routes(env, orders)  # create/confirm/cancel for sagas, with SAGA_PARTICIPANT=true
+    app = create_app(NAME, common, routes, readiness=readiness, log=log, on_startup=[readiness.start],
+                     on_shutdown=[readiness.stop, close])
     return Built(app, common, readiness, log)

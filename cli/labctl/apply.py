@@ -205,6 +205,18 @@ def empty_namespace(client: Client, namespace: str, kinds: list[tuple[str, str]]
 SHARED_CLUSTER_KINDS = frozenset({"CustomResourceDefinition", "StorageClass", "GatewayClass", "Namespace"})
 
 
+def delete_namespace(client: Client, namespace: str, *, timeout: float = 180) -> None:
+    """Delete a namespace and wait until it is gone (its pods stopped, its volumes released)."""
+    if not client.delete("v1", "Namespace", namespace):
+        return
+    deadline = time.monotonic() + timeout
+    while client.get("v1", "Namespace", namespace) is not None:
+        if time.monotonic() > deadline:
+            raise NotReady(f"namespace {namespace} is still being deleted after {timeout:.0f}s",
+                           hint=f"`labctl kubectl get all -n {namespace}` shows what holds it")
+        time.sleep(0.5)
+
+
 def delete_cluster_scoped(client: Client, objects: list[dict]) -> list[str]:
     """Delete the cluster-scoped objects among a lab's own files (a ClusterRoleBinding, say), not shared ones."""
     deleted = []

@@ -536,6 +536,43 @@ def reset(lab: str | None, yes: bool, context: str | None) -> None:
 
 
 @main.command()
+@click.argument("lab", required=False)
+@yes_option
+@context_option
+def stop(lab: str | None, yes: bool, context: str | None) -> None:
+    """Take LAB off the cluster: your objects saved, its namespace deleted, and the add-ons no other started lab
+    needs removed. Your progress stays; `labctl start LAB` brings the lab back."""
+    from labctl import apply, render
+    from labctl.addons import release_addons
+
+    st = _state()
+    chosen = _lab_for(lab, st)
+    _confirm(f"This deletes the namespace {chosen.namespace} and everything in it.", yes)
+    target, client = _connect(st, context)
+    start_objects = render.render_objects([chosen.path / f for f in chosen.deploy], chosen.path, chosen.values,
+                                          chosen.namespace)
+    solution_objects = render.render_objects([chosen.path / f for f in chosen.solution], chosen.path,
+                                             chosen.values, chosen.namespace)
+    saved = apply.backup(client, chosen.namespace, apply.lab_kinds(start_objects + solution_objects), reason="stop")
+    if saved:
+        click.echo(f"saved your objects to {saved}")
+    apply.delete_namespace(client, chosen.namespace)
+    for gone in apply.delete_cluster_scoped(client, solution_objects):
+        click.echo(f"deleted {gone} (created by this lab)")
+    still_started = _started_labs(client) - {chosen.slug}
+    needed = {a for other in _labs() if other.slug in still_started for a in other.raw.get("requires") or []}
+    release_addons([a for a in chosen.raw.get("requires") or [] if a not in needed], target, client, _progress)
+    click.echo(f"Lab {chosen.number} ({chosen.slug}) is off the cluster; `labctl start {chosen.slug}` brings it back.")
+
+
+def _started_labs(client) -> set[str]:
+    """Labs whose namespace is on the cluster (labctl labels each lab namespace with its lab)."""
+    namespaces, _ = client.list("v1", "Namespace", label_selector="labctl.dev/lab")
+    return {ns["metadata"]["labels"]["labctl.dev/lab"] for ns in namespaces
+            if not ns["metadata"].get("deletionTimestamp")}
+
+
+@main.command()
 @click.argument("lab")
 @click.option("--solution", is_flag=True, help="Render the reference solution instead of the starting state.")
 def render(lab: str, solution: bool) -> None:

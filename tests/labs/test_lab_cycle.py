@@ -67,6 +67,21 @@ def test_start_fails_solve_passes_reset_fails(lab, labctl_env, cluster):
     assert "saved your objects to" in out
     code, out = run("check", *ctx)
     assert code == 1, out
+    _stop_and_verify(lab, ctx, cluster.kubeconfig, cluster.context)
+
+
+def _stop_and_verify(lab, ctx, kubeconfig, context):
+    """`stop` takes the lab off the cluster: its namespace gone, and an add-on only it used released."""
+    from labctl.kube.client import Client
+
+    code, out = run("stop", lab.slug, "--yes", *ctx)
+    assert code == 0, out
+    assert f"`labctl start {lab.slug}` brings it back" in out
+    client = Client.from_kubeconfig(Path(kubeconfig), context)
+    assert client.get("v1", "Namespace", lab.namespace) is None
+    if "gateway-api" in (lab.raw.get("requires") or []):
+        crd = client.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "httproutes.gateway.networking.k8s.io")
+        assert crd is None or crd["metadata"].get("deletionTimestamp")  # gone, or going once its routes are
 
 
 def test_hints_are_progressive(labctl_env):
@@ -142,7 +157,7 @@ def local_env(local_cluster, monkeypatch):
 @pytest.mark.local
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("lab", LABS, ids=[lab.slug for lab in LABS])
-def test_full_cycle_with_real_pods(lab, local_env):
+def test_full_cycle_with_real_pods(lab, local_env, local_cluster):
     """The same cycle on a real node: images built, pods running, behaviour checks verified, none left unverified."""
     _, ctx = local_env
     code, out = run("start", lab.slug, *ctx)
@@ -163,3 +178,5 @@ def test_full_cycle_with_real_pods(lab, local_env):
     assert code == 0, out
     code, out = run("check", *ctx)
     assert code == 1, out
+    # Off the node once done, as a learner would: eleven labs' pods do not fit on two cores together.
+    _stop_and_verify(lab, ctx, local_cluster.kubeconfig, local_cluster.context)

@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # Components the test suite needs: the sim control plane always; the real node where the local provider can run.
 TOOLBOX_GROUPS ?= $(shell if [ "$$(uname -s)" = Linux ] && [ "$$(id -u)" = 0 ]; then echo local; else echo sim; fi)
 # The tests run every lab on the real node too: Traefik (API gateway lab) and Jaeger (observability lab) with it.
-TEST_TOOLBOX_GROUPS ?= $(if $(filter local,$(TOOLBOX_GROUPS)),$(TOOLBOX_GROUPS) gateway extras,$(TOOLBOX_GROUPS))
+TEST_TOOLBOX_GROUPS ?= $(if $(filter local,$(TOOLBOX_GROUPS)),$(TOOLBOX_GROUPS) traefik jaeger,$(TOOLBOX_GROUPS))
 
 .PHONY: run test unit bench venv toolbox system-deps lint clean help
 

@@ -58,9 +58,9 @@ def test_install_when_present_says_so(cache):
     put("helm")
     result = run("install", "helm")
     assert result.exit_code == 0, result.output
-    assert "all 1 binaries already installed, unchanged since installed" in result.output
+    assert "helm v3.22.0 is already installed, unchanged since installed" in result.output
     verified = run("install", "--verify", "helm")
-    assert "all 1 binaries already installed, sha256 verified" in verified.output
+    assert "helm v3.22.0 is already installed, sha256 verified" in verified.output
 
 
 def test_prune_removes_unpinned_versions_and_keeps_pinned_ones(cache):

@@ -32,7 +32,7 @@ def test_present_and_intact_is_a_quick_no_op_without_network(kind_release, monke
     took = time.monotonic() - start
 
     assert again == first
-    assert len(lines) == 1 and lines[0].startswith("all 1 binaries already installed, unchanged since installed")
+    assert len(lines) == 1 and lines[0].startswith("kind v0.33.0 is already installed, unchanged since installed")
     assert len(kind_release.requests) == served
     assert took < 5
 
@@ -81,7 +81,7 @@ def test_an_edit_that_keeps_size_and_time_is_caught_by_verify(kind_release):
 
     quick: list[str] = []
     install(["kind"], method="download", progress=quick.append)
-    assert quick[0].startswith("all 1 binaries already installed, unchanged since installed")
+    assert quick[0].startswith("kind v0.33.0 is already installed, unchanged since installed")
 
     verified: list[str] = []
     install(["kind"], method="download", progress=verified.append, verify=True)
@@ -96,5 +96,5 @@ def test_a_touched_but_identical_binary_is_rehashed_once_and_kept(kind_release):
 
     install(["kind"], method="download", progress=lines.append)
 
-    assert lines[0].startswith("all 1 binaries already installed")
+    assert lines[0].startswith("kind v0.33.0 is already installed")
     assert store.read_manifest("kind", "v0.33.0")["mtime_ns"] == 1_000_000_000

@@ -155,14 +155,19 @@ def ensure_toolbox_image(target: Any, tag: str, name: str, progress: Progress = 
                          builder: Builder | None = None) -> bool:
     """An image of one toolbox binary (/NAME, its entrypoint, uid 65532, a /tmp) on the target's node; True when
     it had to be made. The binary is built or downloaded by the toolbox first if it is missing."""
+    from labctl.errors import ToolboxError
     from labctl.images.archive import write_image
+    from labctl.toolbox import binary as installed_binary
     from labctl.toolbox import install
     from labctl.toolbox.store import sha256_file
 
     builder = builder or builder_for(target.provider)
     if builder is None:
         return False
-    binary = install([name], progress=progress)[name]
+    try:
+        binary = installed_binary(name)  # a stat: no waiting for the toolbox's lock when it is there
+    except ToolboxError:
+        binary = install([name], progress=progress)[name]
     digest = "sha256:" + sha256_file(binary)
     records = load_records()
     mine = records.setdefault(builder.provider, {})

@@ -109,8 +109,8 @@ def install(
         result = {c.name: store.binary_path(c.name, c.version) for c in comps}
         if not missing:
             how = "sha256 verified" if verify else "unchanged since installed"
-            progress(f"all {len(comps)} binaries already installed, {how} "
-                     f"({store.elapsed(time.monotonic() - start)})")
+            what = f"{comps[0].name} {comps[0].version} is" if len(comps) == 1 else f"all {len(comps)} binaries are"
+            progress(f"{what} already installed, {how} ({store.elapsed(time.monotonic() - start)})")
             return result
         if len(missing) < len(comps):
             progress(f"{len(comps) - len(missing)} of {len(comps)} binaries already installed")

@@ -507,16 +507,13 @@ def _wait_checks(client, lab, target, ids: list[str], *, timeout: float) -> None
 @context_option
 def reset(lab: str | None, yes: bool, context: str | None) -> None:
     """Put LAB back to its starting state: namespace emptied, starting objects re-applied (your objects saved)."""
-    from labctl import apply, render
+    from labctl import apply
 
     st = _state()
     chosen = _lab_for(lab, st)
     _confirm(f"This deletes your objects in {chosen.namespace} and re-applies the starting state.", yes)
     target, client = _connect(st, context)
-    start_objects = render.render_objects([chosen.path / f for f in chosen.deploy], chosen.path, chosen.values,
-                                          chosen.namespace)
-    solution_objects = render.render_objects([chosen.path / f for f in chosen.solution], chosen.path,
-                                             chosen.values, chosen.namespace)
+    start_objects, solution_objects = _lab_objects(chosen)
     kinds = apply.lab_kinds(start_objects + solution_objects)
     saved = apply.backup(client, chosen.namespace, kinds, reason="reset")
     if saved:
@@ -542,17 +539,14 @@ def reset(lab: str | None, yes: bool, context: str | None) -> None:
 def stop(lab: str | None, yes: bool, context: str | None) -> None:
     """Take LAB off the cluster: your objects saved, its namespace deleted, and the add-ons no other started lab
     needs removed. Your progress stays; `labctl start LAB` brings the lab back."""
-    from labctl import apply, render
+    from labctl import apply
     from labctl.addons import release_addons
 
     st = _state()
     chosen = _lab_for(lab, st)
     _confirm(f"This deletes the namespace {chosen.namespace} and everything in it.", yes)
     target, client = _connect(st, context)
-    start_objects = render.render_objects([chosen.path / f for f in chosen.deploy], chosen.path, chosen.values,
-                                          chosen.namespace)
-    solution_objects = render.render_objects([chosen.path / f for f in chosen.solution], chosen.path,
-                                             chosen.values, chosen.namespace)
+    start_objects, solution_objects = _lab_objects(chosen)
     saved = apply.backup(client, chosen.namespace, apply.lab_kinds(start_objects + solution_objects), reason="stop")
     if saved:
         click.echo(f"saved your objects to {saved}")
@@ -563,6 +557,16 @@ def stop(lab: str | None, yes: bool, context: str | None) -> None:
     needed = {a for other in _labs() if other.slug in still_started for a in other.raw.get("requires") or []}
     release_addons([a for a in chosen.raw.get("requires") or [] if a not in needed], target, client, _progress)
     click.echo(f"Lab {chosen.number} ({chosen.slug}) is off the cluster; `labctl start {chosen.slug}` brings it back.")
+
+
+def _lab_objects(chosen) -> tuple[list[dict], list[dict]]:
+    """The objects of a lab's starting state and of its solution, rendered."""
+    from labctl import render
+
+    def objects(files):
+        return render.render_objects([chosen.path / f for f in files], chosen.path, chosen.values, chosen.namespace)
+
+    return objects(chosen.deploy), objects(chosen.solution)
 
 
 def _started_labs(client) -> set[str]:

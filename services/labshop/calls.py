@@ -140,3 +140,12 @@ class Dependency:
 def _short(e: Exception) -> str:
     text = str(e) or type(e).__name__
     return text.splitlines()[0][:120]
+
+
+def json_object(response: httpx.Response) -> dict:
+    """A response's JSON object body, or {} when the body is not one (an error page, empty, a list)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}

@@ -47,7 +47,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from labshop import logs
-from labshop.calls import CallPolicy
+from labshop.calls import CallPolicy, json_object
 from labshop.config import Common, ConfigError, Env
 from labshop.saga import (COMPENSATED, COMPLETED, RECOVERY_POLICIES, Answer, KeyReused, LogError, Orchestrator,
                           Outcome, Saga, SagaLog, Step)
@@ -158,7 +158,7 @@ class HttpCall:
             except httpx.TransportError as e:
                 maybe_done, reason = True, f"{self.url} broke off ({_short(e)})"
                 continue
-            body = _json(response)
+            body = json_object(response)
             if 200 <= response.status_code < 300:
                 return Answer(Outcome.DONE, body)
             said = f"{self.url} answered {response.status_code}" + (f": {body['error']}" if body.get("error") else "")
@@ -171,14 +171,6 @@ class HttpCall:
             return Answer(Outcome.REFUSED, body, said)  # a definite no (409 out of stock, 402 declined, ...)
         tried = f" (after {self.policy.attempts} attempt{'s' if self.policy.attempts != 1 else ''})"
         return Answer(Outcome.UNKNOWN if maybe_done else Outcome.REFUSED, reason=reason + tried)
-
-
-def _json(response: httpx.Response) -> dict:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 def _short(e: Exception) -> str:

@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from labshop import breaker, logs, participants
-from labshop.calls import CallPolicy, Dependency, DependencyError
+from labshop.calls import CallPolicy, Dependency, DependencyError, json_object
 from labshop.config import Common, Env
 from labshop.downstream import DownstreamReadiness
 from labshop.events import OrderEvents
@@ -43,14 +43,6 @@ def unavailable(e: DependencyError) -> JSONResponse:
 def refused(target: str, status: int, body: dict) -> JSONResponse:
     """A dependency answered, but not with what was asked for (for instance 401: no valid token)."""
     return json_error(502, f"{target} answered {status}: {body.get('error', '')}".rstrip(": "), target=target)
-
-
-def _json(response) -> dict:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 def create(env: Env) -> Built:
@@ -82,7 +74,7 @@ def create(env: Env) -> Built:
             response = await dep("inventory").call("GET", f"/stock/{sku}")
         except DependencyError as e:
             return unavailable(e)
-        body = _json(response)
+        body = json_object(response)
         if response.status_code == 404:
             return json_error(404, f"no product {sku!r}")
         if response.status_code != 200:
@@ -101,34 +93,34 @@ def create(env: Env) -> Built:
             if product.status_code == 404:
                 return json_error(404, f"no product {sku!r}")
             if product.status_code != 200:
-                return refused("catalog", product.status_code, _json(product))
-            price = int(_json(product).get("price_cents", 0))
+                return refused("catalog", product.status_code, json_object(product))
+            price = int(json_object(product).get("price_cents", 0))
             # The order id is the idempotency key: a retried reservation cannot reserve twice.
             reservation = await dep("inventory").call("POST", "/reservations", json={"sku": sku, "quantity": quantity},
                                                       idempotency_key=order_id)
             if reservation.status_code == 409:
                 return json_error(409, f"not enough {sku} in stock", **{
-                    k: v for k, v in _json(reservation).items() if k in ("wanted", "available")})
+                    k: v for k, v in json_object(reservation).items() if k in ("wanted", "available")})
             if reservation.status_code != 201:
-                return refused("inventory", reservation.status_code, _json(reservation))
+                return refused("inventory", reservation.status_code, json_object(reservation))
             payment = await dep("payments").call("POST", "/payments",
                                                  json={"order_id": order_id, "amount_cents": price * quantity},
                                                  idempotency_key=order_id)
             if payment.status_code == 402:
-                return json_error(402, _json(payment).get("error", "payment declined"))
+                return json_error(402, json_object(payment).get("error", "payment declined"))
             if payment.status_code != 201:
-                return refused("payments", payment.status_code, _json(payment))
+                return refused("payments", payment.status_code, json_object(payment))
         except DependencyError as e:
             if e.target == "payments" and pay_later:  # the fallback: stock is reserved, the payment is taken later
                 breaker.FALLBACKS.labels("payments").inc()
                 orders[order_id] = {"id": order_id, "sku": sku, "quantity": quantity, "total_cents": price * quantity,
-                                    "reservation": _json(reservation).get("id"), "payment": None,
+                                    "reservation": json_object(reservation).get("id"), "payment": None,
                                     "status": "pending_payment", "fallback": str(e)}
                 log.warning("order accepted without payment", extra={"order": order_id, "reason": str(e)})
                 return JSONResponse(orders[order_id], status_code=202)
             return unavailable(e)
         order = {"id": order_id, "sku": sku, "quantity": quantity, "total_cents": price * quantity,
-                 "reservation": _json(reservation).get("id"), "payment": _json(payment).get("id"),
+                 "reservation": json_object(reservation).get("id"), "payment": json_object(payment).get("id"),
                  "status": "confirmed"}
         orders[order_id] = order
         log.info("order placed", extra={"order": order_id, "sku": sku, "quantity": quantity})

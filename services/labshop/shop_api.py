@@ -41,7 +41,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from labshop import logs
-from labshop.calls import CallPolicy, Dependency, DependencyError
+from labshop.calls import CallPolicy, Dependency, DependencyError, json_object
 from labshop.config import Common, ConfigError, Env
 from labshop.web import Built, Readiness, create_app, json_error
 
@@ -132,14 +132,6 @@ def _policy(env: Env, prefix: str) -> CallPolicy:
     return policy
 
 
-def _json(response: httpx.Response) -> dict:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
 def create(env: Env) -> Built:
     """The shop-api service, configured from `env`."""
     common = Common.from_env(env)
@@ -184,8 +176,8 @@ def create(env: Env) -> Built:
         degraded = []
         available = None
         if isinstance(stock, httpx.Response) and stock.status_code == 200 and isinstance(
-                _json(stock).get("available"), int):
-            available = {"available": _json(stock)["available"]}
+                json_object(stock).get("available"), int):
+            available = {"available": json_object(stock)["available"]}
         else:
             degraded.append("inventory")
             log.warning("answering without inventory", extra={
@@ -200,7 +192,7 @@ def create(env: Env) -> Built:
                 DEGRADED.labels(part).inc()
             return json_error(503, "the product cannot be shown right now", degraded=["catalog", *degraded],
                               served_by=NAME)
-        body = _json(found)
+        body = json_object(found)
         shown = {k: body.get(k) for k in ("sku", "name", "price_cents", "currency")}
         for part in degraded:
             DEGRADED.labels(part).inc()

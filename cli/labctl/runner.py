@@ -84,6 +84,8 @@ def run(client: Client, lab: Lab, namespace: str, *, pods_run: bool) -> list[Out
 
     for check in lab.checks:
         after = check.spec.get("after") or []
+        if any(p.id in after for p in probes):
+            flush()
         if check.type not in ACTING:
             results[check.id] = (after and waiting_for(after, results)) or evaluate(
                 check, objects, namespace, pods_run=pods_run)
@@ -91,7 +93,7 @@ def run(client: Client, lab: Lab, namespace: str, *, pods_run: bool) -> list[Out
         if not pods_run:
             results[check.id] = Result(None, NOT_ON_PROVIDER)
             continue
-        if check.type != "probe" or any(p.id in after for p in probes):
+        if check.type != "probe":
             flush()
         waiting = waiting_for(after, results)
         if waiting is not None:

@@ -149,3 +149,13 @@ def test_steps_are_named_and_timed() -> None:
     assert step_timeout({"sleep": 2}) == 2.0
     assert step_timeout({"restart": {"kind": "Deployment"}}) == 120.0
     assert step_timeout({"probe": {"dns": "x"}, "timeout_seconds": 7}) == 7.0
+
+
+def test_a_check_waits_for_the_checks_it_comes_after() -> None:
+    from labctl.checks import Result
+    from labctl.runner import waiting_for
+
+    results = {"config": Result(True, "ok"), "broken": Result(False, "no"), "sim-only": Result(None, "n/a")}
+    assert waiting_for(["config"], results) is None
+    assert waiting_for(["config", "broken"], results) == Result(False, "not tried until broken passes")
+    assert waiting_for(["sim-only"], results) == Result(None, "not tried: sim-only cannot be verified here")

@@ -23,10 +23,19 @@ if str(SERVICES_DIR) not in sys.path:
 _probe = httpx.Client()
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port not handed out before in this test run: between the probe and the server's bind the
+    kernel may offer the same port again, and two servers given one port collide."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 class ServiceProcess:

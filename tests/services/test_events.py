@@ -22,15 +22,13 @@ import redis
 from labshop.config import ConfigError, Env
 from labshop.events import Event, EventsConfig, Malformed, order_fields
 
+from tests.services.conftest import free_port
+
 pytestmark = pytest.mark.unit
 
 REDIS_PACKAGE = "redis-server"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:

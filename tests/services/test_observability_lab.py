@@ -20,6 +20,8 @@ from labctl.labs import load_lab
 from labctl.paths import labs_dir
 from labctl.render import render_objects
 
+from tests.services.conftest import free_port
+
 pytestmark = pytest.mark.unit
 
 LAB = load_lab(labs_dir() / "10-observability")
@@ -31,12 +33,7 @@ def _object(kind: str, name: str) -> dict:
     return next(o for o in SOLUTION if o["kind"] == kind and o["metadata"]["name"] == name)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_free_port = free_port  # one registry of handed-out ports for the whole run
 
 
 def pod_env(name: str, replace: dict[str, str], container: str | None = None) -> dict[str, str]:

@@ -26,6 +26,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.services.conftest import free_port
+
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,10 +43,7 @@ def _missing_server() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_free_port = free_port  # one registry of handed-out ports for the whole run
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from tests.services.conftest import free_port
+
 pytestmark = pytest.mark.unit
 
 SERVICES_DIR = Path(__file__).resolve().parents[2] / "services"
@@ -100,10 +102,6 @@ class Collector:
         self.server.server_close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _value(v):

@@ -249,18 +249,23 @@ def test_an_entry_held_by_a_killed_consumer_is_claimed_and_handled_by_another(st
     until(lambda: group_info(client)["inventory"]["pending"] == 0, 5, "nothing pending")
 
 
-def test_without_a_claim_time_a_killed_consumers_entry_stays_pending(start, db, http):
-    url, client = db
+def _delivered_to_a_killed_consumer(start, http, url, client, sku):
+    """One order whose entry is delivered to a slow inventory consumer, then SIGKILLed while it holds it."""
     orders = start("orders", consumer_env(url), wait=False)
-    slow = start("inventory", consumer_env(url, consumer="inventory-a", handler_delay_seconds=30),
-                         wait=False)
+    slow = start("inventory", consumer_env(url, consumer="inventory-a", handler_delay_seconds=30), wait=False)
     orders.wait_ready()
     slow.wait_ready()
     until(lambda: "inventory" in group_info(client), 10, "group inventory created")
-    order = place(http, orders, "coffee", 1)
+    order = place(http, orders, sku, 1)
     until(lambda: group_info(client)["inventory"]["pending"] == 1, 10, "the entry delivered")
     slow.proc.kill()
     slow.proc.wait()
+    return order
+
+
+def test_without_a_claim_time_a_killed_consumers_entry_stays_pending(start, db, http):
+    url, client = db
+    order = _delivered_to_a_killed_consumer(start, http, url, client, "coffee")
 
     other = start("inventory", consumer_env(url, consumer="inventory-b"))
     time.sleep(3)
@@ -340,16 +345,7 @@ def test_an_entry_delivered_more_often_than_allowed_is_dead_lettered_without_ano
                                                                                              http):
     # A message that kills its consumer never reaches the failure path: only the delivery count can stop it.
     url, client = db
-    orders = start("orders", consumer_env(url), wait=False)
-    doomed = start("inventory", consumer_env(url, consumer="inventory-a", handler_delay_seconds=30),
-                           wait=False)
-    orders.wait_ready()
-    doomed.wait_ready()
-    until(lambda: "inventory" in group_info(client), 10, "group inventory created")
-    order = place(http, orders, "tea", 1)
-    until(lambda: group_info(client)["inventory"]["pending"] == 1, 10, "the entry delivered")
-    doomed.proc.kill()
-    doomed.proc.wait()
+    order = _delivered_to_a_killed_consumer(start, http, url, client, "tea")
 
     strict = start("inventory", consumer_env(url, consumer="inventory-b", claim_idle_seconds=0.5,
                                                      max_attempts=1))

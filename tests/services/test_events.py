@@ -22,7 +22,7 @@ import redis
 from labshop.config import ConfigError, Env
 from labshop.events import Event, EventsConfig, Malformed, order_fields
 
-from tests.services.conftest import free_port
+from tests.services.conftest import free_port, until
 
 pytestmark = pytest.mark.unit
 
@@ -82,18 +82,6 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-def until(condition: Callable[[], object], timeout: float, what: str) -> object:
-    """condition()'s first truthy value within `timeout` seconds; an AssertionError naming `what` otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g}s: {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ import psycopg
 import pytest
 
 from tests.services.conftest import free_port
+from tests.services.conftest import until as wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -224,17 +225,6 @@ def shop(pg, start_service, http):
         service.terminate()
     for service in started:
         service.stop()
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(interval)
 
 
 # -- the order and its event: together or not at all -------------------------------------------------------

@@ -21,6 +21,8 @@ import yaml
 from labctl import paths
 from labctl.checks.matching import join_path, show
 from labctl.checks.model import KNOWN_API_VERSIONS, needs_running
+from labctl.checks.probe import action_kind
+from labctl.checks.scenario import step_kind
 from labctl.errors import LabDefinitionError, UsageError
 
 if TYPE_CHECKING:
@@ -560,22 +562,14 @@ def _check_check(check: dict, where: str, shown: str) -> None:
         if check.get("min", 0) > check.get("max", float("inf")):
             raise _error(shown, f"{where}.min: {check['min']} is more than max ({check['max']})")
     for at, ref in refs:
-        versions = KNOWN_API_VERSIONS.get(ref["kind"])
-        if versions is not None and ref["apiVersion"] not in versions:
-            raise _error(
-                shown,
-                f"{at}.apiVersion: {ref['apiVersion']} does not serve {ref['kind']} "
-                f"(wanted {' or '.join(sorted(versions))})",
-            )
-        if ref.get("scope") == "Cluster" and "namespace" in ref:
-            raise _error(shown, f"{at}.namespace: a cluster-scoped object has no namespace")
+        _check_ref(at, ref, shown)
     expressions = []
     if check["type"] == "expression":
         expressions.append((f"{where}.expr", check["expr"]))
     if check["type"] == "http":
         expressions += _check_expect(f"{where}.expect", "http", check.get("expect"), shown)
     if check["type"] == "probe":
-        expressions += _check_expect(f"{where}.expect", _action(check["probe"]), check.get("expect"), shown)
+        expressions += _check_expect(f"{where}.expect", action_kind(check["probe"]), check.get("expect"), shown)
     for n, step in enumerate(check.get("steps") or []):
         expressions += _check_step(step, f"{where}.steps[{n}]", shown)
     for at, expr in expressions:
@@ -591,6 +585,16 @@ def _check_check(check: dict, where: str, shown: str) -> None:
                                     "single quotes instead of `text`)") from e
 
 
+def _check_ref(at: str, ref: dict, shown: str) -> None:
+    """An object reference names an apiVersion that serves its kind, and no namespace when cluster-scoped."""
+    versions = KNOWN_API_VERSIONS.get(ref["kind"])
+    if versions is not None and ref["apiVersion"] not in versions:
+        raise _error(shown, f"{at}.apiVersion: {ref['apiVersion']} does not serve {ref['kind']} "
+                            f"(wanted {' or '.join(sorted(versions))})")
+    if ref.get("scope") == "Cluster" and "namespace" in ref:
+        raise _error(shown, f"{at}.namespace: a cluster-scoped object has no namespace")
+
+
 # What each request may expect: an http answer, a DNS lookup, a TCP connection, a gRPC health answer.
 _EXPECT_KEYS = {
     "http": ("status", "json", "contains", "max_ms", "metric"),
@@ -599,10 +603,6 @@ _EXPECT_KEYS = {
     "grpc_health": ("status",),
 }
 _RESTARTABLE = ("Deployment", "StatefulSet", "DaemonSet")
-
-
-def _action(probe: dict) -> str:
-    return next(iter(probe))
 
 
 def _check_expect(where: str, action: str, expect: dict | None, shown: str) -> list[tuple[str, str]]:
@@ -624,7 +624,7 @@ def _check_expect(where: str, action: str, expect: dict | None, shown: str) -> l
 
 
 def _check_step(step: dict, where: str, shown: str) -> list[tuple[str, str]]:
-    kind = next(k for k in ("patch", "restart", "http", "probe", "sleep") if k in step)
+    kind = step_kind(step)
     for field, allowed in (("expect", ("http", "probe")), ("until", ("http", "probe")), ("pod", ("probe",))):
         if field in step and kind not in allowed:
             raise _error(shown, f"{where}.{field}: a {kind} step has no {field} (only {' and '.join(allowed)} steps)")
@@ -639,12 +639,9 @@ def _check_step(step: dict, where: str, shown: str) -> list[tuple[str, str]]:
             raise _error(shown, f"{where}.restart.kind: {step['restart']['kind']} cannot be restarted "
                                 f"(wanted {', '.join(_RESTARTABLE)})")
     for at, ref in refs:
-        versions = KNOWN_API_VERSIONS.get(ref["kind"])
-        if versions is not None and ref["apiVersion"] not in versions:
-            raise _error(shown, f"{at}.apiVersion: {ref['apiVersion']} does not serve {ref['kind']} "
-                                f"(wanted {' or '.join(sorted(versions))})")
+        _check_ref(at, ref, shown)
     if kind in ("http", "probe"):
-        return _check_expect(f"{where}.expect", "http" if kind == "http" else _action(step["probe"]),
+        return _check_expect(f"{where}.expect", "http" if kind == "http" else action_kind(step["probe"]),
                              step.get("expect"), shown)
     return []
 

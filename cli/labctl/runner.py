@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from labctl.checks import NOT_ON_PROVIDER, FetchKey, HttpResponse, Result, evaluate, evaluate_http, fetch_keys
+from labctl.checks import NOT_ON_PROVIDER, FetchKey, Result, evaluate, fetch_keys
 from labctl.kube.client import ApiError, Client
 from labctl.labs import Check, Lab
 
@@ -49,21 +49,6 @@ def fetch(client: Client, keys: set[FetchKey]) -> dict[FetchKey, list[dict]]:
     return objects
 
 
-def _http(client: Client, check: Check, namespace: str) -> Result:
-    spec = check.spec
-    try:
-        resp = client.service_proxy(spec.get("namespace", namespace), spec["service"], spec["port"],
-                                    spec.get("path", "/"), method=spec.get("method", "GET"),
-                                    timeout=float(spec.get("timeout_seconds", 10)))
-    except Exception as e:  # the reason is reported in the check's words; the run goes on
-        from labctl.errors import ClusterUnreachable
-
-        if isinstance(e, ClusterUnreachable) and "timed out" not in str(e):
-            raise
-        return evaluate_http(check, None, str(e))
-    return evaluate_http(check, HttpResponse(resp.status, resp.body, resp.elapsed_ms, resp.headers), None)
-
-
 def run(client: Client, lab: Lab, namespace: str, *, pods_run: bool) -> list[Outcome]:
     """Evaluate every check of a lab once.
 
@@ -101,7 +86,8 @@ def run(client: Client, lab: Lab, namespace: str, *, pods_run: bool) -> list[Out
         elif check.type == "probe":
             probes.append(check)
         elif check.type == "http":
-            results[check.id] = _http(client, check, namespace)
+            results[check.id] = behaviour.http_request(client, check.spec, namespace,
+                                                       float(check.spec.get("timeout_seconds", 10)))
         else:
             results[check.id] = behaviour.run_scenario(client, check.spec, namespace)
     flush()

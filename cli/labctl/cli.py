@@ -489,7 +489,15 @@ def _wait_checks(client, lab, target, ids: list[str], *, timeout: float) -> None
 
     if not ids:
         return
-    wanted = replace(lab, checks=[c for c in lab.checks if c.id in set(ids)])
+    # With the checks they come after (`after:`), or they would never be tried and read as "not verifiable".
+    needed, todo = set(), list(ids)
+    by_id = {c.id: c for c in lab.checks}
+    while todo:
+        check_id = todo.pop()
+        if check_id not in needed and check_id in by_id:
+            needed.add(check_id)
+            todo.extend(by_id[check_id].spec.get("after") or [])
+    wanted = replace(lab, checks=[c for c in lab.checks if c.id in needed])
     deadline = time.monotonic() + timeout
     while True:
         failing = [o for o in runner.run(client, wanted, lab.namespace, pods_run=target.pods_run) if o.state == "fail"]
